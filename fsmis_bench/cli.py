@@ -1,0 +1,140 @@
+"""``fsmis-bench`` command line: thin parsing, one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+from fsmis_bench.errors import FsmisError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fsmis_bench.runner.experiment import RunRequest, execute_run
+
+    request = RunRequest(
+        method=args.method,
+        fold=args.fold,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        setting=args.setting,
+        shots=args.shots,
+        profile=args.profile,
+        seed=args.seed,
+        output=args.output,
+        cache_dir=args.cache_dir,
+        overrides=args.set or [],
+        accelerator=args.accelerator,
+    )
+    run_dir = execute_run(request)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    dice = summary["dice"]
+    organs = "  ".join(f"{k}={_pct(v)}" for k, v in dice.items())
+    print(f"{run_dir}: Dice % {organs}  ({summary['seconds']:.0f} s)")
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "nan" if value is None or value != value else f"{100 * value:.2f}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    from fsmis_bench.data.datasets import DATASETS
+    from fsmis_bench.registry import METHODS, PROFILES
+
+    print("methods:")
+    for entry in METHODS.values():
+        print(f"  {entry.name:14s} {entry.summary}")
+    print("datasets:")
+    for spec in DATASETS.values():
+        print(f"  {spec.name:14s} {spec.description}")
+    print("profiles:")
+    print("  " + ", ".join(PROFILES) + "  (smoke: seconds; cpu: minutes on 2 cores; paper: the paper's recipe, GPU)")
+    return 0
+
+
+def _protocol(args: argparse.Namespace) -> int:
+    from fsmis_bench.runner.protocol_plan import protocol_plan
+
+    plan = protocol_plan(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        fold=args.fold,
+        setting=args.setting,
+        shots=args.shots,
+        fold_scheme=args.fold_scheme,
+        support_index=args.support_index,
+        exclusion_rule=args.exclusion_rule,
+        cache_dir=args.cache_dir,
+    )
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        for key, value in plan.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsmis-bench", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="fit and test one method on one fold")
+    run.add_argument("--method", required=True)
+    run.add_argument("--fold", type=int, required=True)
+    run.add_argument("--dataset", default="synthetic_mri")
+    run.add_argument("--data-root", default=None, help="folder holding image_<id>.nii.gz / label_<id>.nii.gz")
+    run.add_argument("--setting", type=int, default=1, choices=(1, 2))
+    run.add_argument("--shots", type=int, default=1)
+    run.add_argument("--profile", default="cpu")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--output", default="runs")
+    run.add_argument("--cache-dir", default=None, help="slice cache (default $FSMIS_BENCH_CACHE or ~/.cache)")
+    run.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a profile value")
+    run.set_defaults(func=_run)
+
+    lst = sub.add_parser("list", help="methods, datasets and profiles")
+    lst.set_defaults(func=_list)
+
+    proto = sub.add_parser("protocol", help="print the fold / setting plan of a dataset")
+    proto.add_argument("--dataset", default="synthetic_mri")
+    proto.add_argument("--data-root", default=None)
+    proto.add_argument("--fold", type=int, required=True)
+    proto.add_argument("--setting", type=int, default=1, choices=(1, 2))
+    proto.add_argument("--shots", type=int, default=1)
+    proto.add_argument("--fold-scheme", default="alpnet")
+    proto.add_argument("--support-index", type=int, default=-1)
+    proto.add_argument("--exclusion-rule", default="group_any")
+    proto.add_argument("--cache-dir", default=None)
+    proto.add_argument("--json", action="store_true")
+    proto.set_defaults(func=_protocol)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore")
+    import lightning  # noqa: F401  (sets its loggers to INFO on import; lower them afterwards)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except FsmisError as exc:
+        print(f"fsmis-bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""FewShotDataModule: one LightningDataModule serving training episodes and EP1 test chunks to every method."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from fsmis_bench.batch import EpisodeBatch, as_three_channels
+from fsmis_bench.data.cache import ScanSlices, SliceCache, default_cache_dir
+from fsmis_bench.data.datasets import get_dataset
+from fsmis_bench.data.sources import locate_dataset
+from fsmis_bench.errors import ConfigError, DataError
+from fsmis_bench.protocol.augment import AugmentConfig
+from fsmis_bench.protocol.episodes import EpisodeSampler, GroundTruthEpisodes, SuperpixelEpisodes, TrainingScan
+from fsmis_bench.protocol.evaluation import QueryTask, plan_queries
+from fsmis_bench.protocol.settings import allowed_slices, excluded_labels, organs_of, training_classes
+from fsmis_bench.protocol.splits import fold_plan
+
+log = logging.getLogger(__name__)
+NORMALISATIONS = ("lineage_default", "volume_zscore", "fold_zscore", "volume_minmax")
+
+
+class EpisodeStream(IterableDataset):
+    """Endless stream of training batches; each dataloader worker gets its own seeded sampler."""
+
+    def __init__(self, build_sampler: Any, seed: int) -> None:
+        self.build_sampler = build_sampler
+        self.seed = seed
+
+    def __iter__(self):
+        info = get_worker_info()
+        sampler = self.build_sampler(self.seed + (0 if info is None else 1000 * (info.id + 1)))
+        while True:
+            yield sampler.next_batch()
+
+
+class QueryTasks(Dataset):
+    """One EpisodeBatch per (query scan, organ): its three chunks' supports and all its scored slices."""
+
+    def __init__(self, module: FewShotDataModule, tasks: list[QueryTask]) -> None:
+        self.module = module
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index: int) -> EpisodeBatch:
+        return self.module.task_batch(self.tasks[index])
+
+
+class FewShotDataModule(L.LightningDataModule):
+    """Loads the fold's scans once (through the slice cache) and serves the protocol's episodes.
+
+    ``group`` names the organ group tested by the model being trained (``None``: all four organs). It decides
+    the setting-2 slice exclusion and, for ground-truth episodes, which classes may be sampled.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic_mri",
+        data_root: str | None = None,
+        fold: int = 0,
+        setting: int = 1,
+        shots: int = 1,
+        group: str | None = None,
+        image_size: int = 128,
+        batch_size: int = 8,
+        pseudolabels: str = "superpix2d",
+        augment: AugmentConfig | dict | None = None,
+        fold_scheme: str = "alpnet",
+        support_index: int = -1,
+        exclusion_rule: str = "group_any",
+        eval_mode: str = "ep1",
+        chunk_rule: str = "alpnet",
+        normalisation: str = "lineage_default",
+        superpixel_compat: bool = True,
+        min_gt_pixels: int = 200,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.spec = get_dataset(dataset)
+        if normalisation not in NORMALISATIONS:
+            raise ConfigError(f"unknown normalisation '{normalisation}' (known: {', '.join(NORMALISATIONS)})")
+        self.data_root = data_root
+        self.fold, self.setting, self.shots, self.group = fold, setting, shots, group
+        self.image_size, self.batch_size = image_size, batch_size
+        self.pseudolabels = pseudolabels
+        self.augment = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**(augment or {}))
+        self.fold_scheme, self.support_index = fold_scheme, support_index
+        self.exclusion_rule, self.eval_mode, self.chunk_rule = exclusion_rule, eval_mode, chunk_rule
+        self.normalisation = normalisation
+        self.superpixel_compat, self.min_gt_pixels = superpixel_compat, min_gt_pixels
+        self.seed, self.num_workers = seed, num_workers
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.plan = fold_plan(self.spec.scan_ids, fold, shots, fold_scheme, support_index)
+        self.organs = organs_of(group)
+        self.excluded = excluded_labels(self.spec, setting, group, exclusion_rule)
+        self.scans: dict[int, ScanSlices] = {}
+        self._prepared = False
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def resolved_normalisation(self) -> str:
+        if self.normalisation != "lineage_default":
+            return self.normalisation
+        return "volume_zscore" if self.fold_scheme == "qnet_sets" else self.spec.default_normalisation
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._prepared:
+            return
+        layout_dir = locate_dataset(self.spec, self.data_root, self.cache_dir)
+        cache = SliceCache(self.spec, layout_dir, self.image_size, self.cache_dir)
+        superpixels = self.pseudolabels == "superpix2d"
+        for scan_id in self.plan.train_ids:
+            self.scans[scan_id] = cache.load(scan_id, superpixels, self.superpixel_compat)
+        for scan_id in self.plan.support_ids + self.plan.query_ids:
+            self.scans[scan_id] = cache.load(scan_id)
+        self._check_support_organs(layout_dir)
+        self._norm = self._normalisation_params()
+        self.tasks, self.skipped = plan_queries(
+            {s: self.scans[s].class_slices for s in self.scans},
+            self.plan.support_ids,
+            self.plan.query_ids,
+            {o: self.spec.organ_label[o] for o in self.organs},
+            {s: self.scans[s].depth for s in self.scans},
+            self.eval_mode,
+            self.chunk_rule,
+        )
+        for scan_id, organ in self.skipped:
+            log.warning("organ %s is absent from query scan %s: skipped", organ, scan_id)
+        self._prepared = True
+
+    def _check_support_organs(self, layout_dir: Path) -> None:
+        for scan_id in self.plan.support_ids:
+            for organ in self.organs:
+                if not self.scans[scan_id].class_slices.get(self.spec.organ_label[organ]):
+                    raise DataError(
+                        f"{layout_dir / f'label_{scan_id}.nii.gz'}: organ {organ} "
+                        f"(label {self.spec.organ_label[organ]}) is absent from the support scan of fold {self.fold}"
+                    )
+
+    def _normalisation_params(self) -> dict[int, tuple[float, float]]:
+        """Per scan (shift, scale) so that normalised = (x - shift) / scale (protocol §1.6)."""
+        mode = self.resolved_normalisation
+        params = {}
+        if mode == "fold_zscore":
+            stats = [self.scans[s].stats for s in self.plan.train_ids]
+            total, count = sum(s["sum"] for s in stats), sum(s["count"] for s in stats)
+            mean = total / count
+            std = float(np.sqrt(max(sum(s["sumsq"] for s in stats) / count - mean**2, 1e-12)))
+            return {s: (mean, std) for s in self.scans}
+        for scan_id, scan in self.scans.items():
+            st = scan.stats
+            if mode == "volume_zscore":
+                mean = st["sum"] / st["count"]
+                std = float(np.sqrt(max(st["sumsq"] / st["count"] - mean**2, 1e-12)))
+                params[scan_id] = (mean, std)
+            else:  # volume_minmax -> [0, 1]
+                params[scan_id] = (st["min"], max(st["max"] - st["min"], 1e-12))
+        return params
+
+    def normalised(self, scan_id: int, slices: Any = slice(None)) -> torch.Tensor:
+        shift, scale = self._norm[scan_id]
+        return torch.from_numpy((self.scans[scan_id].image[slices] - shift) / scale).float()
+
+    # ------------------------------------------------------------------ training
+    def training_scans(self) -> list[TrainingScan]:
+        scans = []
+        for scan_id in self.plan.train_ids:
+            scan = self.scans[scan_id]
+            allowed = allowed_slices(scan.class_slices, self.excluded, self.exclusion_rule, n_slices=scan.depth)
+            scans.append(
+                TrainingScan(
+                    scan_id=scan_id,
+                    image=self.normalised(scan_id),
+                    label=scan.label,
+                    allowed=allowed,
+                    class_areas=scan.class_areas,
+                    superpixels=scan.superpixels,
+                )
+            )
+        return scans
+
+    def kept_training_slices(self) -> tuple[int, int]:
+        """(kept, total) training slices after the setting's exclusion rule."""
+        kept = total = 0
+        for scan_id in self.plan.train_ids:
+            scan = self.scans[scan_id]
+            mask = allowed_slices(scan.class_slices, self.excluded, self.exclusion_rule, n_slices=scan.depth)
+            kept, total = kept + int(mask.sum()), total + scan.depth
+        return kept, total
+
+    def build_sampler(self, seed: int) -> EpisodeSampler:
+        scans = self.training_scans()
+        if self.pseudolabels == "superpix2d":
+            return SuperpixelEpisodes(scans, self.batch_size, self.augment, seed)
+        if self.pseudolabels == "gt":
+            classes = training_classes(self.spec, self.group)
+            return GroundTruthEpisodes(
+                scans, classes, self.batch_size, self.augment, seed, self.min_gt_pixels, self.spec.label_names
+            )
+        raise ConfigError(f"unknown pseudolabels '{self.pseudolabels}' (known: superpix2d, gt)")
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            EpisodeStream(self.build_sampler, self.seed),
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def task_batch(self, task: QueryTask) -> EpisodeBatch:
+        """The EpisodeBatch of one (query scan, organ): supports per chunk, every scored query slice."""
+        label = task.label
+        support_images, support_masks = [], []
+        for chunk in task.supports:
+            support_images.append(torch.stack([self.normalised(s, z) for s, z in chunk]))
+            support_masks.append(torch.stack([torch.from_numpy(self.scans[s].label[z] == label) for s, z in chunk]))
+        slices = np.asarray(task.slices)
+        query = self.scans[task.scan_id]
+        return EpisodeBatch(
+            support_images=as_three_channels(torch.stack(support_images)),
+            support_masks=torch.stack(support_masks).float(),
+            query_images=as_three_channels(self.normalised(task.scan_id, slices)),
+            query_masks=torch.from_numpy(query.label[slices] == label).float(),
+            query_episode=torch.as_tensor(task.chunk_of_slice, dtype=torch.long),
+            organ=task.organ,
+            meta={
+                "scan_id": task.scan_id,
+                "slices": slices,
+                "native_ref": query.native_label[slices] == label,
+                "spacing": query.spacing,
+                "volume_shape": query.native_shape,
+                "contiguous": task.contiguous,
+                "support": task.supports,
+            },
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(QueryTasks(self, self.tasks), batch_size=None, num_workers=0)
+
+    def describe(self) -> dict[str, Any]:
+        """Protocol variant and data identity, recorded with every result."""
+        return {
+            "dataset": self.spec.name,
+            "fold_scheme": self.fold_scheme,
+            "support_index": self.plan.support_index,
+            "exclusion_rule": self.exclusion_rule,
+            "eval_mode": self.eval_mode,
+            "chunk_rule": self.chunk_rule,
+            "pseudolabels": self.pseudolabels,
+            "normalisation": self.resolved_normalisation,
+            "image_size": self.image_size,
+            "augment": asdict(self.augment),
+        }

@@ -1,0 +1,54 @@
+"""Names -> methods, datasets and profiles. Methods are imported lazily (diffusers is heavy)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsmis_bench.data.datasets import DATASETS
+from fsmis_bench.errors import ConfigError
+
+PROFILES = ("smoke", "cpu", "paper")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    package: str  # holds configs/<profile>.yaml and README.md
+    summary: str
+    reference: bool = False  # learns nothing; a floor every leaderboard shows
+
+
+METHODS: dict[str, MethodEntry] = {
+    entry.name: entry
+    for entry in (
+        MethodEntry("panet", "fsmis_bench.methods.panet", "PANet as SSL-PANet: global prototypes, superpixels"),
+        MethodEntry("alpnet", "fsmis_bench.methods.alpnet", "SSL-ALPNet: adaptive local prototypes, superpixels"),
+        MethodEntry("copy_support", "fsmis_bench.methods.copy_support", "reference: copy the chunk's support mask", True),
+        MethodEntry("threshold", "fsmis_bench.methods.threshold", "reference: support intensity band", True),
+    )
+}
+
+
+def get_method(name: str) -> MethodEntry:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method '{name}'; known methods: {', '.join(METHODS)}") from None
+
+
+def profile_path(method: str, profile: str) -> Path:
+    """The YAML of a method's profile, inside the method's package folder."""
+    entry = get_method(method)
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}'; known profiles: {', '.join(PROFILES)}")
+    module = importlib.import_module(entry.package)
+    path = Path(module.__file__).parent / "configs" / f"{profile}.yaml"  # type: ignore[arg-type]
+    if not path.exists():
+        raise ConfigError(f"{path}: method {method} has no '{profile}' profile")
+    return path
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)

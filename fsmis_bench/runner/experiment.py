@@ -1,0 +1,211 @@
+"""One benchmark run: (method, dataset, setting, fold, shots, seed, profile) -> fit, test, write results.
+
+The run directory appears only when the run has succeeded: everything is written into a hidden temporary
+folder beside it and renamed at the end, so a failure never leaves a partial result behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from fsmis_bench.config import apply_overrides, config_hash, instantiate, load_yaml
+from fsmis_bench.data.datasets import ORGANS, get_dataset
+from fsmis_bench.datamodule import FewShotDataModule
+from fsmis_bench.errors import ConfigError
+from fsmis_bench.metrics.aggregate import summarize_cases, valid_counts
+from fsmis_bench.methods.base import FewShotSegmenter
+from fsmis_bench.protocol.settings import model_groups
+from fsmis_bench.provenance import environment
+from fsmis_bench.registry import get_method, profile_path
+
+log = logging.getLogger(__name__)
+
+#: Data options that a profile may set (the rest come from the run request).
+PROFILE_DATA_KEYS = {
+    "image_size", "batch_size", "pseudolabels", "augment", "fold_scheme", "support_index", "exclusion_rule",
+    "eval_mode", "chunk_rule", "normalisation", "superpixel_compat", "min_gt_pixels", "num_workers",
+}  # fmt: skip
+TRAINER_KEYS = {"max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision", "max_time", "log_every_n_steps"}
+CASE_COLUMNS = ["fold", "scan_id", "organ", "group", "tp", "fp", "fn", "n_ref", "n_pred", "dice", "hd95", "n_slices", "spacing"]
+
+
+@dataclass
+class RunRequest:
+    method: str
+    fold: int
+    dataset: str = "synthetic_mri"
+    data_root: str | None = None
+    setting: int = 1
+    shots: int = 1
+    profile: str = "cpu"
+    seed: int = 0
+    output: str = "runs"
+    cache_dir: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    accelerator: str = "auto"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.method}_{self.dataset}_s{self.setting}_f{self.fold}_k{self.shots}_seed{self.seed}_{self.profile}"
+
+
+def resolve_config(request: RunRequest) -> dict[str, Any]:
+    """The method's profile with overrides applied, validated against the known sections and keys."""
+    get_dataset(request.dataset)  # raises ConfigError-compatible ValueError early
+    config = apply_overrides(load_yaml(profile_path(request.method, request.profile)), request.overrides)
+    unknown = set(config) - {"model", "data", "trainer", "notes"}
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)} (known: model, data, trainer)")
+    for section, allowed in (("data", PROFILE_DATA_KEYS), ("trainer", TRAINER_KEYS)):
+        bad = set(config.get(section) or {}) - allowed
+        if bad:
+            raise ConfigError(f"unknown {section} option(s) {sorted(bad)} (known: {', '.join(sorted(allowed))})")
+    return config
+
+
+def fingerprint_payload(request: RunRequest, config: dict[str, Any]) -> dict[str, Any]:
+    """What defines comparable results: everything but fold, seed and paths."""
+    return {
+        "method": request.method,
+        "dataset": request.dataset,
+        "setting": request.setting,
+        "shots": request.shots,
+        "profile": request.profile,
+        "config": {k: v for k, v in config.items() if k != "notes"},
+    }
+
+
+def _train_and_test(
+    request: RunRequest, config: dict[str, Any], group: str | None, run_dir: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    L.seed_everything(request.seed, workers=True, verbose=False)
+    data = FewShotDataModule(
+        dataset=request.dataset,
+        data_root=request.data_root,
+        fold=request.fold,
+        setting=request.setting,
+        shots=request.shots,
+        group=group,
+        seed=request.seed,
+        cache_dir=request.cache_dir,
+        **(config.get("data") or {}),
+    )
+    data.setup()
+    model: FewShotSegmenter = instantiate(config["model"])
+    if not isinstance(model, FewShotSegmenter):
+        raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
+    trainer_options = dict(config.get("trainer") or {})
+    logger = TensorBoardLogger(str(run_dir), name="tensorboard", version=group or "all", default_hp_metric=False)
+    trainer = L.Trainer(
+        accelerator=request.accelerator,
+        devices=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        **{"log_every_n_steps": 25, **trainer_options},
+    )
+    started = time.perf_counter()
+    info: dict[str, Any] = {"group": group or "all", "organs": list(data.organs)}
+    if model.traits.trainable:
+        trainer.fit(model, datamodule=data)
+        info["train_steps"] = int(trainer.global_step)
+        info["final_loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
+    info["train_seconds"] = round(time.perf_counter() - started, 2)
+    kept, total = data.kept_training_slices()
+    info["training_slices_kept"], info["training_slices_total"] = kept, total
+    tested = time.perf_counter()
+    trainer.test(model, datamodule=data, verbose=False)
+    info["test_seconds"] = round(time.perf_counter() - tested, 2)
+    info["skipped_cases"] = [{"scan_id": s, "organ": o, "reason": "organ absent from query"} for s, o in data.skipped]
+    info["protocol"] = data.describe()
+    rows = [{"fold": request.fold, "group": group or "all", **r.as_row()} for r in model.case_results]
+    return rows, info
+
+
+def execute_run(request: RunRequest) -> Path:
+    """Fit and test every model the setting needs; write summary.json, cases.csv, config.yaml, TensorBoard."""
+    entry = get_method(request.method)
+    config = resolve_config(request)
+    fingerprint = config_hash(fingerprint_payload(request, config))
+    output = Path(request.output)
+    final_dir = output / request.run_id
+    tmp_dir = output / f".tmp-{request.run_id}-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        model_cls_traits = _traits_of(config)
+        data_cfg = config.get("data") or {}
+        groups = (
+            model_groups(request.setting, data_cfg.get("pseudolabels", "superpix2d"), data_cfg.get("exclusion_rule", "group_any"))
+            if model_cls_traits.trainable
+            else [None]
+        )
+        rows, models = [], []
+        for group in groups:
+            group_rows, info = _train_and_test(request, config, group, tmp_dir)
+            rows += group_rows
+            models.append(info)
+        cases = pd.DataFrame(rows, columns=CASE_COLUMNS)
+        cases["organ_order"] = cases["organ"].map({o: i for i, o in enumerate(ORGANS)})
+        cases = cases.sort_values(["organ_order", "scan_id"]).drop(columns="organ_order")
+        cases.to_csv(tmp_dir / "cases.csv", index=False, float_format="%.6f")
+        (tmp_dir / "config.yaml").write_text(yaml.safe_dump({"request": request.__dict__, **config}, sort_keys=False))
+        summary = {
+            "run_id": request.run_id,
+            "method": request.method,
+            "reference_method": entry.reference,
+            "dataset": request.dataset,
+            "setting": request.setting,
+            "fold": request.fold,
+            "shots": request.shots,
+            "seed": request.seed,
+            "profile": request.profile,
+            "dice": summarize_cases(cases, "dice"),
+            "hd95": summarize_cases(cases, "hd95"),
+            "valid_cases": valid_counts(cases, "dice"),
+            "status": "ok",
+            "seconds": round(time.perf_counter() - started, 2),
+            "budget": {k: config.get("trainer", {}).get(k) for k in ("max_steps", "max_time")},
+            "traits": {**model_cls_traits.__dict__, "pseudolabels": data_cfg.get("pseudolabels", model_cls_traits.pseudolabels)},
+            "models": models,
+            "provenance": environment(fingerprint),
+        }
+        (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+        _publish(tmp_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return final_dir
+
+
+def _traits_of(config: dict[str, Any]):
+    from fsmis_bench.config import import_class
+
+    return import_class(config["model"]["class_path"]).traits
+
+
+def _publish(tmp_dir: Path, final_dir: Path) -> None:
+    """Replace ``final_dir`` by ``tmp_dir`` with renames only (an older result is removed last)."""
+    old = None
+    if final_dir.exists():
+        old = final_dir.with_name(f".old-{final_dir.name}-{os.getpid()}")
+        final_dir.rename(old)
+    tmp_dir.rename(final_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
