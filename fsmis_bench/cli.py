@@ -52,7 +52,11 @@ def _list(args: argparse.Namespace) -> int:
     for spec in DATASETS.values():
         print(f"  {spec.name:14s} {spec.description}")
     print("profiles:")
-    print("  " + ", ".join(PROFILES) + "  (smoke: seconds; cpu: minutes on 2 cores; paper: the paper's recipe, GPU)")
+    print(
+        "  "
+        + ", ".join(PROFILES)
+        + "  (smoke: seconds; cpu: minutes on 2 cores; paper: the paper's recipe, GPU)"
+    )
     return 0
 
 
@@ -75,6 +79,18 @@ def _protocol(args: argparse.Namespace) -> int:
     else:
         for key, value in plan.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fsmis_bench.data.prepare import PREPARERS
+
+    layout_dir = PREPARERS[args.dataset](Path(args.raw), Path(args.out), superpixels=not args.no_pseudolabels)
+    print(
+        f"{args.dataset}: prepared in {layout_dir}  (use --dataset {args.dataset} --data-root {layout_dir})"
+    )
     return 0
 
 
@@ -113,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("--cache-dir", default=None)
     proto.add_argument("--json", action="store_true")
     proto.set_defaults(func=_protocol)
+
+    prep = sub.add_parser("prepare", help="official downloads -> the preprocessed layout of the literature")
+    prep.add_argument("dataset", choices=("abd_ct", "abd_mri"))
+    prep.add_argument(
+        "--raw", required=True, help="abd_ct: folder holding RawData/Training; abd_mri: CHAOS Train_Sets"
+    )
+    prep.add_argument("--out", required=True, help="output root; the layout folder is created below it")
+    prep.add_argument("--no-pseudolabels", action="store_true", help="skip superpixels and supervoxels")
+    prep.set_defaults(func=_prepare)
     return parser
 
 
@@ -126,7 +151,9 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     if not args.verbose:
         _quiet_libraries()
     try:
