@@ -18,7 +18,12 @@ from fsmis_bench.data.datasets import get_dataset
 from fsmis_bench.data.sources import locate_dataset
 from fsmis_bench.errors import ConfigError, DataError
 from fsmis_bench.protocol.augment import AugmentConfig
-from fsmis_bench.protocol.episodes import EpisodeSampler, GroundTruthEpisodes, SuperpixelEpisodes, TrainingScan
+from fsmis_bench.protocol.episodes import (
+    EpisodeSampler,
+    GroundTruthEpisodes,
+    SuperpixelEpisodes,
+    TrainingScan,
+)
 from fsmis_bench.protocol.evaluation import QueryTask, plan_queries
 from fsmis_bench.protocol.settings import allowed_slices, excluded_labels, organs_of, training_classes
 from fsmis_bench.protocol.splits import fold_plan
@@ -177,7 +182,9 @@ class FewShotDataModule(L.LightningDataModule):
         scans = []
         for scan_id in self.plan.train_ids:
             scan = self.scans[scan_id]
-            allowed = allowed_slices(scan.class_slices, self.excluded, self.exclusion_rule, n_slices=scan.depth)
+            allowed = allowed_slices(
+                scan.class_slices, self.excluded, self.exclusion_rule, n_slices=scan.depth
+            )
             scans.append(
                 TrainingScan(
                     scan_id=scan_id,
@@ -226,7 +233,9 @@ class FewShotDataModule(L.LightningDataModule):
         support_images, support_masks = [], []
         for chunk in task.supports:
             support_images.append(torch.stack([self.normalised(s, z) for s, z in chunk]))
-            support_masks.append(torch.stack([torch.from_numpy(self.scans[s].label[z] == label) for s, z in chunk]))
+            support_masks.append(
+                torch.stack([torch.from_numpy(self.scans[s].label[z] == label) for s, z in chunk])
+            )
         slices = np.asarray(task.slices)
         query = self.scans[task.scan_id]
         return EpisodeBatch(

@@ -15,7 +15,17 @@ import torch
 
 import fsmis_bench
 
-PACKAGES = ("torch", "lightning", "diffusers", "transformers", "peft", "monai", "numpy", "scikit-image", "nibabel")
+PACKAGES = (
+    "torch",
+    "lightning",
+    "diffusers",
+    "transformers",
+    "peft",
+    "monai",
+    "numpy",
+    "scikit-image",
+    "nibabel",
+)
 
 
 @functools.cache
@@ -24,7 +34,10 @@ def code_version() -> str:
     source = Path(fsmis_bench.__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", str(source)],

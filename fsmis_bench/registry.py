@@ -23,9 +23,18 @@ class MethodEntry:
 METHODS: dict[str, MethodEntry] = {
     entry.name: entry
     for entry in (
-        MethodEntry("panet", "fsmis_bench.methods.panet", "PANet as SSL-PANet: global prototypes, superpixels"),
-        MethodEntry("alpnet", "fsmis_bench.methods.alpnet", "SSL-ALPNet: adaptive local prototypes, superpixels"),
-        MethodEntry("copy_support", "fsmis_bench.methods.copy_support", "reference: copy the chunk's support mask", True),
+        MethodEntry(
+            "panet", "fsmis_bench.methods.panet", "PANet as SSL-PANet: global prototypes, superpixels"
+        ),
+        MethodEntry(
+            "alpnet", "fsmis_bench.methods.alpnet", "SSL-ALPNet: adaptive local prototypes, superpixels"
+        ),
+        MethodEntry(
+            "copy_support",
+            "fsmis_bench.methods.copy_support",
+            "reference: copy the chunk's support mask",
+            True,
+        ),
         MethodEntry("threshold", "fsmis_bench.methods.threshold", "reference: support intensity band", True),
     )
 }

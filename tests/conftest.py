@@ -47,7 +47,7 @@ def cache_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def chaos_labels(chaos_dir: Path) -> dict[int, "object"]:
+def chaos_labels(chaos_dir: Path) -> dict[int, object]:
     """Native (Z, H, W) label volumes of the 20 real CHAOS patients, keyed by patient id."""
     import nibabel as nib
     import numpy as np

@@ -60,7 +60,9 @@ def resize_stack(stack: np.ndarray, size: int, kind: str) -> np.ndarray:
         return stack.copy()
     tensor = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
     if kind == "image":
-        out = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out = F.interpolate(
+            tensor.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         return out[:, 0].numpy().astype(np.float32)
     out = F.interpolate(tensor.float(), size=(size, size), mode="nearest-exact")
     return out[:, 0].numpy().astype(stack.dtype)
@@ -109,7 +111,9 @@ class SliceCache:
         key = self._key(scan_id, with_superpixels, superpixel_compat)
         return self.cache_dir / "slices" / f"{self.spec.name}_{scan_id}_{key}.npz"
 
-    def load(self, scan_id: int, with_superpixels: bool = False, superpixel_compat: bool = True) -> ScanSlices:
+    def load(
+        self, scan_id: int, with_superpixels: bool = False, superpixel_compat: bool = True
+    ) -> ScanSlices:
         """The scan's slices, from the cache when present, else computed (and stored)."""
         path = None
         if self.cache_dir is not None:

@@ -31,7 +31,28 @@ SYNAPSE_LABEL_NAMES: dict[int, str] = {
     13: "adrenal_left",
 }
 CHAOS_LABEL_NAMES: dict[int, str] = {1: "liver", 2: "kidney_right", 3: "kidney_left", 4: "spleen"}
-CHAOS_PATIENT_IDS: tuple[int, ...] = (1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39)
+CHAOS_PATIENT_IDS: tuple[int, ...] = (
+    1,
+    2,
+    3,
+    5,
+    8,
+    10,
+    13,
+    15,
+    19,
+    20,
+    21,
+    22,
+    31,
+    32,
+    33,
+    34,
+    36,
+    37,
+    38,
+    39,
+)
 
 
 @dataclass(frozen=True)

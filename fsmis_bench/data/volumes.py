@@ -31,7 +31,9 @@ def resolve_layout_dir(spec: DatasetSpec, data_root: str | Path) -> Path:
     """Accept either the folder holding ``image_<id>.nii.gz`` or a root holding the dataset's layout."""
     root = Path(data_root).expanduser()
     if not root.exists():
-        raise DataError(f"{root}: data folder does not exist (expected {spec.name} in layout '{spec.layout}')")
+        raise DataError(
+            f"{root}: data folder does not exist (expected {spec.name} in layout '{spec.layout}')"
+        )
     if any(root.glob("image_*.nii*")):
         return root
     candidate = root / spec.layout

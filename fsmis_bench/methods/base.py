@@ -44,7 +44,9 @@ class FewShotSegmenter(L.LightningModule):
         log_images_every: int = 500,
     ) -> None:
         super().__init__()
-        self.optimizer_config = dict(optimizer or {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4})
+        self.optimizer_config = dict(
+            optimizer or {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
+        )
         self.lr_schedule_config = dict(lr_schedule or {"name": "constant"})
         self.log_images_every = log_images_every
         self.case_results: list[CaseResult] = []
@@ -68,7 +70,9 @@ class FewShotSegmenter(L.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> Tensor:
         losses = self.training_losses(batch)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch.n_queries)
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch.n_queries
+        )
         if self.log_images_every and self.global_step % self.log_images_every == 0:
             self._log_episode_images("train", batch, None)
         return losses["loss"]
@@ -107,7 +111,9 @@ class FewShotSegmenter(L.LightningModule):
         scores = self.foreground_scores(batch).float()
         native = batch.meta["native_ref"].shape[-2:]
         if scores.shape[-2:] != native:
-            scores = F.interpolate(scores[:, None], size=tuple(native), mode="bilinear", align_corners=False)[:, 0]
+            scores = F.interpolate(scores[:, None], size=tuple(native), mode="bilinear", align_corners=False)[
+                :, 0
+            ]
         return self.postprocess(scores, batch)
 
     def test_step(self, batch: EpisodeBatch, batch_idx: int) -> None:

@@ -39,7 +39,7 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Ten
 
 
 def _gaussian_kernel(sigma: float) -> Tensor:
-    radius = max(1, int(math.ceil(4 * sigma)))
+    radius = max(1, math.ceil(4 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     return kernel / kernel.sum()
@@ -53,8 +53,12 @@ def smooth_noise(shape: tuple[int, ...], sigma: float, generator: torch.Generato
     channels = shape[1]
     pad = len(kernel) // 2
     flat = noise
-    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, pad), groups=channels)
-    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(pad, 0), groups=channels)
+    flat = F.conv2d(
+        flat, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, pad), groups=channels
+    )
+    flat = F.conv2d(
+        flat, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(pad, 0), groups=channels
+    )
     return flat
 
 
@@ -115,7 +119,9 @@ def augment_pair(
     theta = torch.where(apply[:, 0].view(n, 1, 1), affine_matrices(n, size, cfg, generator), identity)
     grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
     grid = grid + elastic_displacement(n, size, cfg, generator) * apply[:, 1].view(n, 1, 1, 1)
-    warped = F.grid_sample(images[:, None], grid, mode="bicubic", padding_mode="border", align_corners=False)[:, 0]
+    warped = F.grid_sample(images[:, None], grid, mode="bicubic", padding_mode="border", align_corners=False)[
+        :, 0
+    ]
     warped_masks = F.grid_sample(
         masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
     )[:, 0]
@@ -124,7 +130,10 @@ def augment_pair(
 
 
 def augment_episode_pair(
-    support: tuple[Tensor, Tensor], query: tuple[Tensor, Tensor], cfg: AugmentConfig, generator: torch.Generator
+    support: tuple[Tensor, Tensor],
+    query: tuple[Tensor, Tensor],
+    cfg: AugmentConfig,
+    generator: torch.Generator,
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """Augment the support and query copies of a batch of episodes according to ``cfg.sides``."""
     n = support[0].shape[0]

@@ -34,7 +34,9 @@ class TrainingScan:
 class EpisodeSampler:
     """Base: draws batches of (support, query) pairs, augments them and packs an EpisodeBatch."""
 
-    def __init__(self, scans: Sequence[TrainingScan], batch_size: int, augment: AugmentConfig, seed: int) -> None:
+    def __init__(
+        self, scans: Sequence[TrainingScan], batch_size: int, augment: AugmentConfig, seed: int
+    ) -> None:
         self.scans = list(scans)
         self.batch_size = batch_size
         self.augment = augment
@@ -75,7 +77,9 @@ class EpisodeSampler:
 class SuperpixelEpisodes(EpisodeSampler):
     """Same slice twice, a superpixel as foreground (§5.1)."""
 
-    def __init__(self, scans: Sequence[TrainingScan], batch_size: int, augment: AugmentConfig, seed: int) -> None:
+    def __init__(
+        self, scans: Sequence[TrainingScan], batch_size: int, augment: AugmentConfig, seed: int
+    ) -> None:
         super().__init__(scans, batch_size, augment, seed)
         self.candidates: list[tuple[int, int, np.ndarray]] = []  # (scan index, slice, drawable ids)
         for index, scan in enumerate(self.scans):
@@ -133,7 +137,9 @@ class GroundTruthEpisodes(EpisodeSampler):
             if per_class:
                 self.pairs.append((index, per_class))
         if not self.pairs:
-            raise ValueError(f"no pair of consecutive training slices holds any of the classes {list(classes)}")
+            raise ValueError(
+                f"no pair of consecutive training slices holds any of the classes {list(classes)}"
+            )
 
     def draw(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
         s_img, s_msk, q_img, q_msk, names = [], [], [], [], []

@@ -40,7 +40,9 @@ def organs_of(group: str | None) -> tuple[str, ...]:
     return ORGANS if group is None else LABEL_GROUPS[group]
 
 
-def excluded_labels(spec: DatasetSpec, setting: int, group: str | None, exclusion_rule: str) -> tuple[int, ...]:
+def excluded_labels(
+    spec: DatasetSpec, setting: int, group: str | None, exclusion_rule: str
+) -> tuple[int, ...]:
     """Label ids whose presence removes a training slice (empty in setting 1)."""
     if setting == 1:
         return ()

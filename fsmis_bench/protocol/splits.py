@@ -58,7 +58,9 @@ def fold_plan(
             raise ConfigError("fold_scheme qnet_sets is defined for 1 shot only")
         members = sorted({ids[i % n] for i in range(bounds[fold], bounds[fold + 1] + 1)})
         if not -len(members) <= support_index < len(members):
-            raise ConfigError(f"support_index {support_index} out of range for a fold of {len(members)} scans")
+            raise ConfigError(
+                f"support_index {support_index} out of range for a fold of {len(members)} scans"
+            )
         support = [members[support_index]]
         queries = [m for m in members if m != support[0]]
         index = support_index

@@ -24,8 +24,8 @@ from fsmis_bench.config import apply_overrides, config_hash, instantiate, load_y
 from fsmis_bench.data.datasets import ORGANS, get_dataset
 from fsmis_bench.datamodule import FewShotDataModule
 from fsmis_bench.errors import ConfigError
-from fsmis_bench.metrics.aggregate import summarize_cases, valid_counts
 from fsmis_bench.methods.base import FewShotSegmenter
+from fsmis_bench.metrics.aggregate import summarize_cases, valid_counts
 from fsmis_bench.protocol.settings import model_groups
 from fsmis_bench.provenance import environment
 from fsmis_bench.registry import get_method, profile_path
@@ -37,8 +37,29 @@ PROFILE_DATA_KEYS = {
     "image_size", "batch_size", "pseudolabels", "augment", "fold_scheme", "support_index", "exclusion_rule",
     "eval_mode", "chunk_rule", "normalisation", "superpixel_compat", "min_gt_pixels", "num_workers",
 }  # fmt: skip
-TRAINER_KEYS = {"max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision", "max_time", "log_every_n_steps"}
-CASE_COLUMNS = ["fold", "scan_id", "organ", "group", "tp", "fp", "fn", "n_ref", "n_pred", "dice", "hd95", "n_slices", "spacing"]
+TRAINER_KEYS = {
+    "max_steps",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "precision",
+    "max_time",
+    "log_every_n_steps",
+}
+CASE_COLUMNS = [
+    "fold",
+    "scan_id",
+    "organ",
+    "group",
+    "tp",
+    "fp",
+    "fn",
+    "n_ref",
+    "n_pred",
+    "dice",
+    "hd95",
+    "n_slices",
+    "spacing",
+]
 
 
 @dataclass
@@ -71,7 +92,9 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
     for section, allowed in (("data", PROFILE_DATA_KEYS), ("trainer", TRAINER_KEYS)):
         bad = set(config.get(section) or {}) - allowed
         if bad:
-            raise ConfigError(f"unknown {section} option(s) {sorted(bad)} (known: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"unknown {section} option(s) {sorted(bad)} (known: {', '.join(sorted(allowed))})"
+            )
     return config
 
 
@@ -107,7 +130,9 @@ def _train_and_test(
     if not isinstance(model, FewShotSegmenter):
         raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
     trainer_options = dict(config.get("trainer") or {})
-    logger = TensorBoardLogger(str(run_dir), name="tensorboard", version=group or "all", default_hp_metric=False)
+    logger = TensorBoardLogger(
+        str(run_dir), name="tensorboard", version=group or "all", default_hp_metric=False
+    )
     trainer = L.Trainer(
         accelerator=request.accelerator,
         devices=1,
@@ -131,7 +156,9 @@ def _train_and_test(
     tested = time.perf_counter()
     trainer.test(model, datamodule=data, verbose=False)
     info["test_seconds"] = round(time.perf_counter() - tested, 2)
-    info["skipped_cases"] = [{"scan_id": s, "organ": o, "reason": "organ absent from query"} for s, o in data.skipped]
+    info["skipped_cases"] = [
+        {"scan_id": s, "organ": o, "reason": "organ absent from query"} for s, o in data.skipped
+    ]
     info["protocol"] = data.describe()
     rows = [{"fold": request.fold, "group": group or "all", **r.as_row()} for r in model.case_results]
     return rows, info
@@ -152,7 +179,11 @@ def execute_run(request: RunRequest) -> Path:
         model_cls_traits = _traits_of(config)
         data_cfg = config.get("data") or {}
         groups = (
-            model_groups(request.setting, data_cfg.get("pseudolabels", "superpix2d"), data_cfg.get("exclusion_rule", "group_any"))
+            model_groups(
+                request.setting,
+                data_cfg.get("pseudolabels", "superpix2d"),
+                data_cfg.get("exclusion_rule", "group_any"),
+            )
             if model_cls_traits.trainable
             else [None]
         )
@@ -165,7 +196,9 @@ def execute_run(request: RunRequest) -> Path:
         cases["organ_order"] = cases["organ"].map({o: i for i, o in enumerate(ORGANS)})
         cases = cases.sort_values(["organ_order", "scan_id"]).drop(columns="organ_order")
         cases.to_csv(tmp_dir / "cases.csv", index=False, float_format="%.6f")
-        (tmp_dir / "config.yaml").write_text(yaml.safe_dump({"request": request.__dict__, **config}, sort_keys=False))
+        (tmp_dir / "config.yaml").write_text(
+            yaml.safe_dump({"request": request.__dict__, **config}, sort_keys=False)
+        )
         summary = {
             "run_id": request.run_id,
             "method": request.method,
@@ -182,7 +215,10 @@ def execute_run(request: RunRequest) -> Path:
             "status": "ok",
             "seconds": round(time.perf_counter() - started, 2),
             "budget": {k: config.get("trainer", {}).get(k) for k in ("max_steps", "max_time")},
-            "traits": {**model_cls_traits.__dict__, "pseudolabels": data_cfg.get("pseudolabels", model_cls_traits.pseudolabels)},
+            "traits": {
+                **model_cls_traits.__dict__,
+                "pseudolabels": data_cfg.get("pseudolabels", model_cls_traits.pseudolabels),
+            },
             "models": models,
             "provenance": environment(fingerprint),
         }

@@ -34,7 +34,8 @@ def protocol_plan(
     for group in LABEL_GROUPS:
         excluded = excluded_labels(spec, setting, group, exclusion_rule)
         kept = sum(
-            int(allowed_slices(s.class_slices, excluded, exclusion_rule, n_slices=s.depth).sum()) for s in scans
+            int(allowed_slices(s.class_slices, excluded, exclusion_rule, n_slices=s.depth).sum())
+            for s in scans
         )
         groups[group] = {"excluded_labels": list(excluded), "kept_slices": kept}
     return {

@@ -83,10 +83,16 @@ def test_monai_behaviour_is_pinned():
     full, empty = box(2, 6, 8, 16, 8, 16), np.zeros(SHAPE, bool)
 
     def dice(p, r, ignore_empty):
-        return float(compute_dice(_onehot(p), _onehot(r), include_background=False, ignore_empty=ignore_empty))
+        return float(
+            compute_dice(_onehot(p), _onehot(r), include_background=False, ignore_empty=ignore_empty)
+        )
 
     def hd(p, r, percentile=95):
-        return float(compute_hausdorff_distance(_onehot(p), _onehot(r), include_background=False, percentile=percentile))
+        return float(
+            compute_hausdorff_distance(
+                _onehot(p), _onehot(r), include_background=False, percentile=percentile
+            )
+        )
 
     assert math.isnan(dice(empty, empty, True)) and dice(empty, empty, False) == 1.0
     assert math.isnan(dice(full, empty, True)) and dice(full, empty, False) == 0.0
@@ -103,7 +109,9 @@ def test_project_dice_and_hd95_equal_monai_on_non_empty_volumes():
         case = score_volume(3, "spleen", pred, ref, SPACING, SHAPE)
         monai_dice = float(compute_dice(_onehot(pred), _onehot(ref), include_background=False))
         monai_hd = float(
-            compute_hausdorff_distance(_onehot(pred), _onehot(ref), include_background=False, percentile=95, spacing=list(SPACING))
+            compute_hausdorff_distance(
+                _onehot(pred), _onehot(ref), include_background=False, percentile=95, spacing=list(SPACING)
+            )
         )
         assert case.dice == pytest.approx(monai_dice, rel=1e-6)
         assert case.hd95 == pytest.approx(monai_hd, rel=1e-6)

@@ -60,7 +60,11 @@ def test_chaos_slice_counts_718_558_88(chaos_labels):
 @pytest.mark.real_data
 def test_chaos_sanity_table_rows(chaos_labels):
     # protocol §1.4: pid -> (Z, liver range and count, spleen range and count)
-    rows = {1: (37, (12, 35, 24), (18, 31, 14)), 3: (36, (9, 27, 19), (12, 25, 14)), 32: (46, (12, 43, 32), (24, 39, 16))}
+    rows = {
+        1: (37, (12, 35, 24), (18, 31, 14)),
+        3: (36, (9, 27, 19), (12, 25, 14)),
+        32: (46, (12, 43, 32), (24, 39, 16)),
+    }
     for pid, (depth, liver, spleen) in rows.items():
         index, _ = class_index(chaos_labels[pid])
         assert chaos_labels[pid].shape[0] == depth

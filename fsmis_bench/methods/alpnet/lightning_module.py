@@ -11,7 +11,11 @@ from fsmis_bench.methods.prototype.module import PrototypeSegmenter
 class ALPNet(PrototypeSegmenter):
     """SSL-ALPNet (methods.md §3.1). ``head.mode`` is fixed to 'alp'."""
 
-    traits: ClassVar[MethodTraits] = MethodTraits(pseudolabels="superpix2d", episode_type="same_slice_two_augs")
+    traits: ClassVar[MethodTraits] = MethodTraits(
+        pseudolabels="superpix2d", episode_type="same_slice_two_augs"
+    )
 
-    def __init__(self, encoder: dict[str, Any] | None = None, head: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self, encoder: dict[str, Any] | None = None, head: dict[str, Any] | None = None, **kwargs: Any
+    ):
         super().__init__(encoder=encoder, head={**(head or {}), "mode": "alp"}, **kwargs)

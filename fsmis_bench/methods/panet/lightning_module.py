@@ -11,7 +11,11 @@ from fsmis_bench.methods.prototype.module import PrototypeSegmenter
 class PANet(PrototypeSegmenter):
     """SSL-PANet (methods.md §3.2): identical to ALPNet except one global prototype per class."""
 
-    traits: ClassVar[MethodTraits] = MethodTraits(pseudolabels="superpix2d", episode_type="same_slice_two_augs")
+    traits: ClassVar[MethodTraits] = MethodTraits(
+        pseudolabels="superpix2d", episode_type="same_slice_two_augs"
+    )
 
-    def __init__(self, encoder: dict[str, Any] | None = None, head: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self, encoder: dict[str, Any] | None = None, head: dict[str, Any] | None = None, **kwargs: Any
+    ):
         super().__init__(encoder=encoder, head={**(head or {}), "mode": "global"}, **kwargs)

@@ -49,7 +49,9 @@ class PrototypeSegmenter(FewShotSegmenter):
     def encode(self, batch: EpisodeBatch) -> tuple[Tensor, Tensor]:
         """Support features [E, K, C, h, w] and query features [N, C, h, w] from one encoder pass."""
         e, k = batch.n_episodes, batch.shots
-        images = torch.cat([batch.support_images.reshape(e * k, *batch.support_images.shape[2:]), batch.query_images])
+        images = torch.cat(
+            [batch.support_images.reshape(e * k, *batch.support_images.shape[2:]), batch.query_images]
+        )
         features = self.encoder(images)
         support = features[: e * k].reshape(e, k, *features.shape[1:])
         return support, features[e * k :]

@@ -44,7 +44,7 @@ def local_prototypes(features: Tensor, masks: Tensor, window: int, threshold: fl
     pooled = F.avg_pool2d(features.reshape(e * k, c, h, w), window)
     pooled_mask = F.avg_pool2d(masks.reshape(e * k, 1, h, w), window)
     protos = pooled.reshape(e, k, c, -1).permute(0, 1, 3, 2).reshape(e, -1, c)
-    valid = (pooled_mask.reshape(e, -1) > threshold)
+    valid = pooled_mask.reshape(e, -1) > threshold
     return protos, valid
 
 
@@ -93,7 +93,13 @@ class PrototypeHead:
         if self.mode == "global":
             empty = torch.zeros(e, 0, c, dtype=features.dtype, device=features.device)
             no = torch.zeros(e, 0, dtype=torch.bool, device=features.device)
-            return PrototypeSet(bg_global[:, None], torch.ones(e, 1, dtype=torch.bool, device=features.device), empty, no, fg_global)
+            return PrototypeSet(
+                bg_global[:, None],
+                torch.ones(e, 1, dtype=torch.bool, device=features.device),
+                empty,
+                no,
+                fg_global,
+            )
         window = self.train_window if training else self.test_window
         bg_local, bg_valid = local_prototypes(features, bg_masks, window, self.threshold)
         fg_local, fg_valid = local_prototypes(features, fg_masks, window, self.threshold)
@@ -110,7 +116,9 @@ class PrototypeHead:
     @staticmethod
     def score(query: Tensor, protos: PrototypeSet, query_episode: Tensor) -> Tensor:
         """Background and foreground scores [N, 2, h, w] of each query against its episode's prototypes."""
-        bg = soft_max_similarity(query, protos.background[query_episode], protos.background_valid[query_episode])
+        bg = soft_max_similarity(
+            query, protos.background[query_episode], protos.background_valid[query_episode]
+        )
         fg_protos = torch.cat([protos.foreground_local, protos.foreground_global[:, None]], dim=1)
         fg_valid = torch.cat(
             [protos.foreground_local_valid, torch.ones_like(protos.foreground_local_valid[:, :1])], dim=1

@@ -18,11 +18,20 @@ from fsmis_bench.errors import ConfigError
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -85,4 +94,6 @@ def load_backbone_weights(model: DilatedResNet, path: str | Path) -> None:
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ConfigError(f"{path}: not a ResNet-101 backbone (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ConfigError(
+            f"{path}: not a ResNet-101 backbone (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )

@@ -29,7 +29,9 @@ class IntensityThreshold(FewShotSegmenter):
         bands = []
         for episode in range(batch.n_episodes):
             values = batch.support_images[episode, :, 0][batch.support_masks[episode] > 0.5]
-            bands.append(torch.quantile(values.float(), torch.tensor([self.low, self.high], device=values.device)))
+            bands.append(
+                torch.quantile(values.float(), torch.tensor([self.low, self.high], device=values.device))
+            )
         band = torch.stack(bands)[batch.query_episode]  # [N, 2]
         grey = batch.query_images[:, 0]
         return torch.minimum(grey - band[:, :1, None], band[:, 1:, None] - grey)
