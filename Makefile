@@ -3,6 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
 .PHONY: install demo test test-slow lint format clean
@@ -10,29 +11,31 @@ export PYTHONHASHSEED := 0
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
+install: $(STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
 
 ## The main job on the embedded synthetic default (no download): SSL-ALPNet, fold 0, cpu profile.
-demo: install
+demo: $(STAMP)
 	$(BIN)/fsmis-bench run --method alpnet --fold 0
 
 ## Default test run (< 15 minutes on 2 CPU cores); slow tests are in test-slow.
-test:
+test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test-slow:
+test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-lint:
-	$(BIN)/ruff check fsmis_bench tests benchmark
-	$(BIN)/ruff format --check fsmis_bench tests benchmark
+lint: $(STAMP)
+	$(BIN)/ruff check fsmis_bench tests
+	$(BIN)/ruff format --check fsmis_bench tests
 
 format:
-	$(BIN)/ruff format fsmis_bench tests benchmark
-	$(BIN)/ruff check --fix fsmis_bench tests benchmark
+	$(BIN)/ruff format fsmis_bench tests
+	$(BIN)/ruff check --fix fsmis_bench tests
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
