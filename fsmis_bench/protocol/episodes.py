@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from fsmis_bench.batch import EpisodeBatch, as_three_channels, episode_range
+from fsmis_bench.errors import DataError
 from fsmis_bench.protocol.augment import AugmentConfig, augment_episode_pair
 
 
@@ -84,7 +85,7 @@ class SuperpixelEpisodes(EpisodeSampler):
         self.candidates: list[tuple[int, int, np.ndarray]] = []  # (scan index, slice, drawable ids)
         for index, scan in enumerate(self.scans):
             if scan.superpixels is None:
-                raise ValueError(f"scan {scan.scan_id} has no superpixels")
+                raise DataError(f"training scan {scan.scan_id} has no superpixels")
             for z in np.flatnonzero(scan.allowed):
                 ids = np.unique(scan.superpixels[z])
                 # Our design choice (protocol §5.1): ids present in the slice within 1..max-1.
@@ -92,7 +93,7 @@ class SuperpixelEpisodes(EpisodeSampler):
                 if len(ids):
                     self.candidates.append((index, int(z), ids))
         if not self.candidates:
-            raise ValueError("no training slice with a superpixel survives the exclusion rule")
+            raise DataError("no training slice with a superpixel survives the exclusion rule")
 
     def draw(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
         picks = self.rng.integers(len(self.candidates), size=n)
