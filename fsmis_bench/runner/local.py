@@ -1,0 +1,108 @@
+"""Local backend: one worker per device slot; every job is a subprocess pinned to its slot, with its own log.
+
+``--devices 0,1`` gives one slot per GPU (``CUDA_VISIBLE_DEVICES`` set to that id); ``--devices cpu:N`` gives N
+CPU-only slots. Either way the available CPU cores are split evenly between the slots (``OMP_NUM_THREADS`` and
+torch threads), so concurrent jobs do not oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+
+from fsmis_bench.errors import ConfigError
+from fsmis_bench.runner.jobs import Outcome, PlannedJob, failed_row
+from fsmis_bench.runner.store import ResultsStore
+from fsmis_bench.runner.sweep_log import SweepLog, tail
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one job at a time runs: a GPU id, or a share of the CPU (``gpu`` None)."""
+
+    name: str
+    gpu: str | None
+    threads: int
+
+    def env(self) -> dict[str, str]:
+        threads = str(self.threads)
+        return {
+            "CUDA_VISIBLE_DEVICES": self.gpu or "",
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+        }
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parse_devices(text: str) -> list[Slot]:
+    """``"0,1"`` -> GPU slots 0 and 1; ``"cpu:2"`` (or ``"cpu"``) -> two (one) CPU slots."""
+    text = text.strip()
+    if text == "cpu" or text.startswith("cpu:"):
+        count = text.partition(":")[2] or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"--devices {text}: expected cpu:N with N >= 1")
+        slots = [(f"cpu:{i}", None) for i in range(int(count))]
+    else:
+        ids = [part.strip() for part in text.split(",")]
+        if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
+            raise ConfigError(f"--devices {text}: expected distinct GPU ids like 0,1 or CPU slots like cpu:2")
+        slots = [(f"cuda:{gpu}", gpu) for gpu in ids]
+    threads = max(1, available_cpus() // len(slots))
+    return [Slot(name, gpu, threads) for name, gpu in slots]
+
+
+def _run_one(planned: PlannedJob, results: Path, log: SweepLog, free: Queue[Slot]) -> Outcome:
+    slot = free.get()
+    try:
+        job = planned.job
+        log_path = results / "logs" / f"{job.key}.log"
+        command = [sys.executable, "-m", "fsmis_bench.runner.jobs", "--results", str(results)]
+        command += ["--job", job.to_json(), "--threads", str(slot.threads)]
+        if slot.gpu is None:
+            command += ["--accelerator", "cpu"]
+        log.start(planned, f"{slot.name} (log {log_path})")
+        started = time.monotonic()
+        with log_path.open("w") as handle:
+            code = subprocess.run(
+                command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **slot.env()}
+            ).returncode
+        seconds = time.monotonic() - started
+        rows = [r for r in ResultsStore(results).rows() if r["key"] == job.key and r["status"] == "ok"]
+        if code == 0 and rows:
+            mean = sum(float(r["dice"]) for r in rows) / len(rows)
+            outcome = Outcome(job.key, "ok", seconds, slot.name)
+            log.finish(planned, outcome, f"mean Dice {100 * mean:.2f}")
+            return outcome
+        error = tail(log_path.read_text(errors="replace")) or f"exit status {code}"
+        if code == 0:
+            error = f"exited 0 without recording a result: {error}"
+        ResultsStore(results).record(job.key, [failed_row(planned, error, seconds)])
+        outcome = Outcome(job.key, "failed", seconds, slot.name, error)
+        log.finish(planned, outcome)
+        return outcome
+    finally:
+        free.put(slot)
+
+
+def run_local(planned: list[PlannedJob], results: Path, log: SweepLog, slots: list[Slot]) -> list[Outcome]:
+    """Run the jobs on the slots, at most one per slot at a time; a failed job does not stop the others."""
+    (results / "logs").mkdir(parents=True, exist_ok=True)
+    free: Queue[Slot] = Queue()
+    for slot in slots:
+        free.put(slot)
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        futures = [pool.submit(_run_one, p, results, log, free) for p in planned]
+        try:
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:  # Ctrl-C also reached the running jobs; start no new ones
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

@@ -1,0 +1,97 @@
+"""Results store: ``<results>/results.csv``, one row per (job, organ), safe under concurrent writers and kills.
+
+A job's rows are written under a file lock by writing the whole table to a temporary file and renaming it
+over the old one, so a reader never sees a partial row and a writer killed mid-write leaves the previous
+table intact. Recording a job replaces any earlier rows of the same key, so a job appears exactly once: its
+latest attempt. A failed job is one row with an empty ``organ`` and the error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from fsmis_bench.data.datasets import ORGANS
+
+COLUMNS = (
+    "key", "status", "method", "dataset", "source_dataset", "setting", "fold", "shots", "seed", "profile", "organ", "dice",
+    "hd95", "valid_cases", "reference", "protocol", "budget", "fingerprint", "seconds", "run_dir", "error",
+)  # fmt: skip
+STORE_FILE = "results.csv"
+_ORGAN_RANK = {organ: rank for rank, organ in enumerate(ORGANS)}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6f}"
+    return str(value)
+
+
+def _order(row: dict[str, str]) -> tuple[str, int]:
+    return row["key"], _ORGAN_RANK.get(row["organ"], -1)
+
+
+class ResultsStore:
+    """The result rows of every job run into one results folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.path = self.root / STORE_FILE
+        self._lock = FileLock(str(self.path) + ".lock")
+
+    def record(self, key: str, rows: list[dict[str, Any]]) -> None:
+        """Replace the rows of job ``key`` by ``rows`` (all or nothing)."""
+        bad = {column for row in rows for column in row} - set(COLUMNS)
+        if bad or any(row.get("key") != key for row in rows):
+            raise ValueError(f"rows of {key}: unknown columns {sorted(bad)} or another job's key")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            kept = [row for row in self.rows() if row["key"] != key]
+            new = [{column: _cell(row.get(column)) for column in COLUMNS} for row in rows]
+            self._replace(sorted(kept + new, key=_order))
+
+    def rows(self) -> list[dict[str, str]]:
+        """Every row, as strings (a consistent snapshot: the file is only ever replaced whole)."""
+        if not self.path.exists():
+            return []
+        with self.path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def state(self) -> dict[str, tuple[str, str]]:
+        """Job key -> (status, fingerprint) of its latest recorded attempt."""
+        return {row["key"]: (row["status"], row["fingerprint"]) for row in self.rows()}
+
+    def _replace(self, rows: list[dict[str, str]]) -> None:
+        for stale in self.root.glob(f".{STORE_FILE}.*.tmp"):  # left by a writer killed mid-write
+            stale.unlink(missing_ok=True)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, buffer.getvalue().encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data``: write a temporary file beside it (mode from the umask), fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

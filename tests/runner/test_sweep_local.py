@@ -1,0 +1,152 @@
+"""Local backend end to end on tiny data: the smoke sweep on 2 CPU slots, a failing job, SIGKILL + --resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+
+from fsmis_bench.cli import main
+from fsmis_bench.data.datasets import ORGANS
+from fsmis_bench.runner.jobs import Job, PlannedJob
+from fsmis_bench.runner.local import parse_devices, run_local
+from fsmis_bench.runner.store import ResultsStore
+from fsmis_bench.runner.sweep_log import SweepLog
+
+SMOKE_KEYS = {f"{m}_synthetic_mri_s1_f{f}_k1_seed0_smoke" for m in ("panet", "copy_support") for f in (0, 1)}
+
+
+def assert_rows_exactly_once(results: Path, keys: set[str]) -> list[dict]:
+    rows = ResultsStore(results).rows()
+    assert sorted((r["key"], r["organ"]) for r in rows) == sorted((k, o) for k in keys for o in ORGANS)
+    return rows
+
+
+def test_devices_give_slots_with_a_fair_thread_split(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    gpus = parse_devices("0,2")
+    assert [(s.name, s.env()["CUDA_VISIBLE_DEVICES"], s.threads) for s in gpus] == [
+        ("cuda:0", "0", 4),
+        ("cuda:2", "2", 4),
+    ]
+    cpus = parse_devices("cpu:4")
+    assert [s.name for s in cpus] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
+    assert cpus[0].env() == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+
+
+def test_smoke_sweep_on_two_cpu_slots_then_leaderboard(smoke_results, tmp_path):
+    results, status, output = smoke_results
+    assert status == 0, output
+    rows = assert_rows_exactly_once(results, SMOKE_KEYS)
+    assert {r["status"] for r in rows} == {"ok"}
+    assert all(
+        r["fingerprint"].count("@") == 1 and r["protocol"].startswith("fold_scheme=alpnet") for r in rows
+    )
+    assert all(Path(r["run_dir"], "summary.json").exists() for r in rows)
+    log = (results / "logs" / "sweep-smoke.log").read_text()
+    assert log.count("START ") == 4 and log.count("DONE ") == 4 and "4 ok, 0 failed" in log
+    assert "s on cpu:0)" in log and "s on cpu:1)" in log  # both slots worked
+    assert all((results / "logs" / f"{key}.log").exists() for key in SMOKE_KEYS)
+
+    out = tmp_path / "leaderboards"
+    published = Path(__file__).resolve().parents[2] / "leaderboards" / "published.csv"
+    args = ["leaderboard", "--results", str(results), "--out", str(out), "--published", str(published)]
+    assert main(args) == 0
+    table = (out / "synthetic_mri_setting1_1shot.csv").read_text().splitlines()
+    assert len(table) == 1 + 2 * 5  # two entries x (four organs + Mean)
+    assert ",reproduced,panet," in table[1] and ",reference,copy_support," in table[-1]
+    readme = (out / "README.md").read_text()
+    assert "## synthetic_mri, setting 1, 1-shot" in readme and "| reference | copy_support |" in readme
+    assert (out / "synthetic_mri_setting1_1shot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failing_job_is_recorded_and_the_others_continue(tiny_spec, tmp_path, capsys):
+    # the first job raises at run time (an init argument the model does not take); the second is fine
+    spec = tiny_spec(run={"overrides": {"grid": [{"model.init_args.bogus": 1}, {}]}}, name="failing")
+    results = tmp_path / "results"
+    assert main(["sweep", str(spec), "--devices", "cpu:1", "--results", str(results)]) == 1
+    rows = ResultsStore(results).rows()
+    failed = [r for r in rows if r["status"] == "failed"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(failed) == 1 and len(ok) == len(ORGANS)
+    assert "unexpected keyword argument 'bogus'" in failed[0]["error"] and failed[0]["method"] == "panet"
+    log = (results / "logs" / "sweep-failing.log").read_text()
+    assert "FAILED  [1/2]" in log and "DONE    [2/2]" in log and "1 ok, 1 failed" in log
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--resume", "--dry-run", "--results", str(results)]) == 0
+    plan = capsys.readouterr().out
+    assert "run (failed before)" in plan and "skip (ok)" in plan and "2 jobs, 1 to run, 1 skipped" in plan
+
+
+def _wait_for(condition, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _sweep_in_own_session(args: list[str]) -> None:
+    """The sweep as a process of its own (forked: no second interpreter start-up), leader of its group."""
+    os.setsid()
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+    main(args)
+
+
+def test_sigkill_mid_job_then_resume_records_every_job_exactly_once(tiny_spec, smoke_results, tmp_path):
+    done, killed = (f"panet_synthetic_mri_s1_f{f}_k1_seed0_smoke" for f in (0, 1))
+    results = tmp_path / "results"
+    store = ResultsStore(results)  # a previous sweep finished fold 0 (the smoke sweep ran the same job)
+    store.record(done, [r for r in ResultsStore(smoke_results[0]).rows() if r["key"] == done])
+    spec = tiny_spec(run={"fold": {"grid": [0, 1]}}, name="killed")
+    args = ["sweep", str(spec), "--devices", "cpu:1", "--results", str(results), "--resume"]
+    log = results / "logs" / "sweep-killed.log"
+    sweep = get_context("fork").Process(target=_sweep_in_own_session, args=(args,))
+    sweep.start()
+    try:
+        _wait_for(lambda: log.exists() and f"START   [1/1] {killed}" in log.read_text())
+        time.sleep(1.0)  # fold 1's job subprocess is running
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its job, like a crashed node
+        sweep.join()
+    before = ResultsStore(results).rows()
+    assert {r["key"] for r in before} == {done}  # the killed job recorded nothing, fold 0 is untouched
+
+    assert main(args) == 0
+    rows = assert_rows_exactly_once(results, {done, killed})
+    assert [r for r in rows if r["key"] == done] == before
+    assert "1 run: 1 ok, 0 failed; 1 skipped" in log.read_text()
+    assert main(args) == 0  # nothing left to do
+    assert_rows_exactly_once(results, {done, killed})
+
+
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "exit status -9"),  # e.g. the OOM killer
+        ("print('done, but forgot to record')", "exited 0 without recording a result: done, but forgot"),
+    ],
+)
+def test_a_crashed_job_is_recorded_as_failed(tmp_path, monkeypatch, script, error):
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: real_run([sys.executable, "-c", script], **kw))
+    planned = PlannedJob(1, Job({"method": "panet", "fold": 0}), "h@c")
+    log = SweepLog(tmp_path / "logs" / "sweep.log", total=1)
+    [outcome] = run_local([planned], tmp_path, log, parse_devices("cpu:1"))
+    assert outcome.status == "failed" and outcome.error.startswith(error)
+    [row] = ResultsStore(tmp_path).rows()
+    assert (row["key"], row["status"], row["fingerprint"]) == (planned.job.key, "failed", "h@c")
+    assert "FAILED  [1/1] panet_synthetic_mri_s1_f0_k1_seed0_cpu" in log.path.read_text()
+
+
+@pytest.mark.parametrize("devices", ["cpu:0", "0,0", "x"])
+def test_bad_device_strings(devices):
+    from fsmis_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        parse_devices(devices)
