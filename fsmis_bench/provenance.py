@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 import socket
 import subprocess
@@ -30,24 +31,21 @@ PACKAGES = (
 
 @functools.cache
 def code_version() -> str:
-    """``git`` commit of the package source (with ``-dirty`` if modified), else the package version."""
+    """``git`` commit of the package source; with uncommitted edits, ``-dirty-`` plus a hash of the diff, so
+    results from edited code never share a fingerprint with the commit. Outside git: the package version."""
     source = Path(fsmis_bench.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, check=True).stdout
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", str(source)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return f"{commit}-dirty" if dirty else commit
+        commit = git("rev-parse", "--short=12", "HEAD").strip()
+        diff = git("diff", "HEAD", "--", str(source))
     except (OSError, subprocess.CalledProcessError):
         return f"v{fsmis_bench.__version__}"
+    if not diff:
+        return commit
+    return f"{commit}-dirty-{hashlib.sha256(diff.encode()).hexdigest()[:8]}"
 
 
 def package_versions() -> dict[str, str]:
