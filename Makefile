@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-slow lint format clean
+.PHONY: install demo test test-slow lint format clean bench leaderboard
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,24 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+## Sweep results ($(RESULTS)/results.csv, see `fsmis-bench sweep`) -> $(LEADERBOARDS)/: CSV tables per
+## (dataset, setting, shots), README.md with the Markdown tables, PNG plots; published numbers beside.
+RESULTS ?= results
+LEADERBOARDS ?= leaderboards
+leaderboard: $(STAMP)
+	$(BIN)/fsmis-bench leaderboard --results $(RESULTS) --out $(LEADERBOARDS) --published leaderboards/published.csv
+
 lint: $(STAMP)
-	$(BIN)/ruff check fsmis_bench tests
-	$(BIN)/ruff format --check fsmis_bench tests
+	$(BIN)/ruff check fsmis_bench tests benchmark
+	$(BIN)/ruff format --check fsmis_bench tests benchmark
 
 format:
-	$(BIN)/ruff format fsmis_bench tests
-	$(BIN)/ruff check --fix fsmis_bench tests
+	$(BIN)/ruff format fsmis_bench tests benchmark
+	$(BIN)/ruff check --fix fsmis_bench tests benchmark
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+## Performance harness: throughput, FLOP utilisation, data wait, batched vs looped EP1, memory, metrics vs MONAI.
+bench: $(STAMP)
+	$(BIN)/python benchmark/perf.py

@@ -15,6 +15,9 @@ from fsmis_bench.errors import FsmisError
 def _run(args: argparse.Namespace) -> int:
     from fsmis_bench.runner.experiment import RunRequest, execute_run
 
+    if not args.verbose:
+        _quiet_lightning()
+
     request = RunRequest(
         method=args.method,
         fold=args.fold,
@@ -28,12 +31,16 @@ def _run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         overrides=args.set or [],
         accelerator=args.accelerator,
+        source_dataset=args.source_dataset,
+        source_data_root=args.source_data_root,
     )
     run_dir = execute_run(request)
     summary = json.loads((run_dir / "summary.json").read_text())
     dice = summary["dice"]
     organs = "  ".join(f"{k}={_pct(v)}" for k, v in dice.items())
     print(f"{run_dir}: Dice % {organs}  ({summary['seconds']:.0f} s)")
+    for name, values in summary.get("secondary_metrics", {}).items():
+        print(f"  {name} % " + "  ".join(f"{k}={_pct(v)}" for k, v in values.items()))
     return 0
 
 
@@ -94,6 +101,38 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from fsmis_bench.runner.sweep import run_sweep
+
+    return run_sweep(
+        args.spec,
+        backend=args.backend,
+        devices=args.devices,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        results=args.results,
+    )
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from fsmis_bench.leaderboard.build import build_leaderboards
+
+    for path in build_leaderboards(args.results, args.out, args.published, allow_mixed=args.allow_mixed):
+        print(path)
+    return 0
+
+
+def _regression(args: argparse.Namespace) -> int:
+    from fsmis_bench.runner import regression
+
+    if args.action == "check":
+        return regression.report(args.results, args.fixture)
+    fixture = regression.build_fixture(args.results, check_seed=args.check_seed)
+    regression.write_fixture(fixture, args.fixture)
+    print(f"{args.fixture}: {len(fixture['cases'])} cases from seeds {fixture['seeds']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsmis-bench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
@@ -112,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", default=None, help="slice cache (default $FSMIS_BENCH_CACHE or ~/.cache)")
     run.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a profile value")
+    run.add_argument(
+        "--source-dataset", default=None, help="cross-domain track: train on this dataset, test --dataset"
+    )
+    run.add_argument(
+        "--source-data-root", default=None, help="folder of the source dataset (like --data-root)"
+    )
     run.set_defaults(func=_run)
 
     lst = sub.add_parser("list", help="methods, datasets and profiles")
@@ -138,13 +183,36 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="output root; the layout folder is created below it")
     prep.add_argument("--no-pseudolabels", action="store_true", help="skip superpixels and supervoxels")
     prep.set_defaults(func=_prepare)
+
+    sweep = sub.add_parser("sweep", help="run a grid of jobs on local devices or SLURM, with resume")
+    sweep.add_argument("spec", help="sweep YAML, e.g. benchmark/sweeps/smoke.yaml")
+    sweep.add_argument("--devices", default=None, help="local slots: GPU ids '0,1' or CPU slots 'cpu:2'")
+    sweep.add_argument("--backend", choices=("local", "slurm"), default="local")
+    sweep.add_argument("--resume", action="store_true", help="skip jobs already ok with the same fingerprint")
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan (job keys) and exit")
+    sweep.add_argument("--results", default=None, help="results folder (default: the spec's, else results)")
+    sweep.set_defaults(func=_sweep)
+
+    board = sub.add_parser("leaderboard", help="aggregate sweep results into leaderboard tables and plots")
+    board.add_argument("--results", default="results", help="results folder holding results.csv")
+    board.add_argument("--out", default="leaderboards")
+    board.add_argument("--published", default="leaderboards/published.csv", help="published numbers to join")
+    board.add_argument(
+        "--allow-mixed", action="store_true", help="pool rows of different fingerprints/profiles"
+    )
+    board.set_defaults(func=_leaderboard)
+
+    regress = sub.add_parser("regression", help="compare sweep Dice with a committed baseline fixture")
+    regress.add_argument("action", choices=("check", "update"), help="check results, or rewrite the fixture")
+    regress.add_argument("--results", required=True, help="results folder of the regression sweep")
+    regress.add_argument("--fixture", default="benchmark/baselines/ci_regression.json")
+    regress.add_argument("--check-seed", type=int, default=0, help="update: the seed `check` runs with")
+    regress.set_defaults(func=_regression)
     return parser
 
 
-def _quiet_libraries() -> None:
-    warnings.filterwarnings("ignore")
-    import lightning  # noqa: F401  (sets its loggers to INFO on import; lower them afterwards)
-
+def _quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO when imported; lower them (call after the import)."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -155,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     if not args.verbose:
-        _quiet_libraries()
+        warnings.filterwarnings("ignore")
     try:
         return args.func(args)
     except FsmisError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from fsmis_bench.batch import EpisodeBatch, as_three_channels
 from fsmis_bench.data.cache import ScanSlices, SliceCache, default_cache_dir
-from fsmis_bench.data.datasets import get_dataset
+from fsmis_bench.data.datasets import ORGANS, DatasetSpec, get_dataset
 from fsmis_bench.data.sources import locate_dataset
 from fsmis_bench.errors import ConfigError, DataError
 from fsmis_bench.protocol.augment import AugmentConfig
@@ -65,6 +66,10 @@ class FewShotDataModule(L.LightningDataModule):
 
     ``group`` names the organ group tested by the model being trained (``None``: all four organs). It decides
     the setting-2 slice exclusion and, for ground-truth episodes, which classes may be sampled.
+
+    ``source_dataset`` selects the cross-domain track: training episodes come from every scan of that dataset
+    (its own label ids and lineage normalisation; with ``group=None`` GT episodes use its four benchmark organs),
+    while the support and query scans of ``fold`` come from ``dataset`` as usual.
     """
 
     def __init__(
@@ -90,6 +95,8 @@ class FewShotDataModule(L.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        source_dataset: str | None = None,
+        source_data_root: str | None = None,
     ) -> None:
         super().__init__()
         self.spec = get_dataset(dataset)
@@ -108,16 +115,22 @@ class FewShotDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.plan = fold_plan(self.spec.scan_ids, fold, shots, fold_scheme, support_index)
         self.organs = organs_of(group)
-        self.excluded = excluded_labels(self.spec, setting, group, exclusion_rule)
+        self.source_dataset, self.source_data_root = source_dataset, source_data_root
+        self.source_spec = get_dataset(source_dataset) if source_dataset else None
+        self.excluded = excluded_labels(self.source_spec or self.spec, setting, group, exclusion_rule)
         self.scans: dict[int, ScanSlices] = {}
+        self.source_scans: dict[int, ScanSlices] = {}
         self._prepared = False
 
     # ------------------------------------------------------------------ loading
     @property
     def resolved_normalisation(self) -> str:
+        return self._resolve_normalisation(self.spec)
+
+    def _resolve_normalisation(self, spec: DatasetSpec) -> str:
         if self.normalisation != "lineage_default":
             return self.normalisation
-        return "volume_zscore" if self.fold_scheme == "qnet_sets" else self.spec.default_normalisation
+        return "volume_zscore" if self.fold_scheme == "qnet_sets" else spec.default_normalisation
 
     def setup(self, stage: str | None = None) -> None:
         if self._prepared:
@@ -126,11 +139,15 @@ class FewShotDataModule(L.LightningDataModule):
         cache = SliceCache(self.spec, layout_dir, self.image_size, self.cache_dir)
         superpixels = self.pseudolabels == "superpix2d"
         for scan_id in self.plan.train_ids:
-            self.scans[scan_id] = cache.load(scan_id, superpixels, self.superpixel_compat)
+            self.scans[scan_id] = cache.load(
+                scan_id, superpixels and not self.source_spec, self.superpixel_compat
+            )
         for scan_id in self.plan.support_ids + self.plan.query_ids:
             self.scans[scan_id] = cache.load(scan_id)
         self._check_support_organs(layout_dir)
-        self._norm = self._normalisation_params()
+        self._norm = self._normalisation_params(self.scans, self.plan.train_ids, self.resolved_normalisation)
+        if self.source_spec is not None:
+            self._load_source(self.source_spec, superpixels)
         self.tasks, self.skipped = plan_queries(
             {s: self.scans[s].class_slices for s in self.scans},
             self.plan.support_ids,
@@ -153,17 +170,29 @@ class FewShotDataModule(L.LightningDataModule):
                         f"(label {self.spec.organ_label[organ]}) is absent from the support scan of fold {self.fold}"
                     )
 
-    def _normalisation_params(self) -> dict[int, tuple[float, float]]:
+    def _load_source(self, spec: DatasetSpec, superpixels: bool) -> None:
+        """Every scan of the source dataset (cross-domain training), normalised by its own lineage rule."""
+        layout_dir = locate_dataset(spec, self.source_data_root, self.cache_dir)
+        cache = SliceCache(spec, layout_dir, self.image_size, self.cache_dir)
+        for scan_id in spec.scan_ids:
+            self.source_scans[scan_id] = cache.load(scan_id, superpixels, self.superpixel_compat)
+        self._source_norm = self._normalisation_params(
+            self.source_scans, spec.scan_ids, self._resolve_normalisation(spec)
+        )
+
+    @staticmethod
+    def _normalisation_params(
+        scans: dict[int, ScanSlices], train_ids: Sequence[int], mode: str
+    ) -> dict[int, tuple[float, float]]:
         """Per scan (shift, scale) so that normalised = (x - shift) / scale (protocol §1.6)."""
-        mode = self.resolved_normalisation
         params = {}
         if mode == "fold_zscore":
-            stats = [self.scans[s].stats for s in self.plan.train_ids]
+            stats = [scans[s].stats for s in train_ids]
             total, count = sum(s["sum"] for s in stats), sum(s["count"] for s in stats)
             mean = total / count
             std = float(np.sqrt(max(sum(s["sumsq"] for s in stats) / count - mean**2, 1e-12)))
-            return {s: (mean, std) for s in self.scans}
-        for scan_id, scan in self.scans.items():
+            return {s: (mean, std) for s in scans}
+        for scan_id, scan in scans.items():
             st = scan.stats
             if mode == "volume_zscore":
                 mean = st["sum"] / st["count"]
@@ -174,21 +203,29 @@ class FewShotDataModule(L.LightningDataModule):
         return params
 
     def normalised(self, scan_id: int, slices: Any = slice(None)) -> torch.Tensor:
-        shift, scale = self._norm[scan_id]
-        return torch.from_numpy((self.scans[scan_id].image[slices] - shift) / scale).float()
+        return _normalise(self.scans[scan_id], self._norm[scan_id], slices)
 
     # ------------------------------------------------------------------ training
+    def _training_pool(
+        self,
+    ) -> tuple[DatasetSpec, dict[int, ScanSlices], dict[int, tuple[float, float]], list[int]]:
+        """Spec, scans, normalisation and ids of the training scans (the source dataset's when cross-domain)."""
+        if self.source_spec is None:
+            return self.spec, self.scans, self._norm, list(self.plan.train_ids)
+        return self.source_spec, self.source_scans, self._source_norm, list(self.source_scans)
+
     def training_scans(self) -> list[TrainingScan]:
+        _, pool, norm, ids = self._training_pool()
         scans = []
-        for scan_id in self.plan.train_ids:
-            scan = self.scans[scan_id]
+        for scan_id in ids:
+            scan = pool[scan_id]
             allowed = allowed_slices(
                 scan.class_slices, self.excluded, self.exclusion_rule, n_slices=scan.depth
             )
             scans.append(
                 TrainingScan(
                     scan_id=scan_id,
-                    image=self.normalised(scan_id),
+                    image=_normalise(scan, norm[scan_id]),
                     label=scan.label,
                     allowed=allowed,
                     class_areas=scan.class_areas,
@@ -200,8 +237,9 @@ class FewShotDataModule(L.LightningDataModule):
     def kept_training_slices(self) -> tuple[int, int]:
         """(kept, total) training slices after the setting's exclusion rule."""
         kept = total = 0
-        for scan_id in self.plan.train_ids:
-            scan = self.scans[scan_id]
+        _, pool, _, ids = self._training_pool()
+        for scan_id in ids:
+            scan = pool[scan_id]
             mask = allowed_slices(scan.class_slices, self.excluded, self.exclusion_rule, n_slices=scan.depth)
             kept, total = kept + int(mask.sum()), total + scan.depth
         return kept, total
@@ -211,9 +249,14 @@ class FewShotDataModule(L.LightningDataModule):
         if self.pseudolabels == "superpix2d":
             return SuperpixelEpisodes(scans, self.batch_size, self.augment, seed)
         if self.pseudolabels == "gt":
-            classes = training_classes(self.spec, self.group)
+            spec = self.source_spec or self.spec
+            if self.source_spec is not None and self.group is None:
+                # one cross-domain model learns the four organs: supervised transfer (methods.md §6.4 A)
+                classes = tuple(spec.organ_label[o] for o in ORGANS)
+            else:
+                classes = training_classes(spec, self.group)
             return GroundTruthEpisodes(
-                scans, classes, self.batch_size, self.augment, seed, self.min_gt_pixels, self.spec.label_names
+                scans, classes, self.batch_size, self.augment, seed, self.min_gt_pixels, spec.label_names
             )
         raise ConfigError(f"unknown pseudolabels '{self.pseudolabels}' (known: superpix2d, gt)")
 
@@ -256,13 +299,30 @@ class FewShotDataModule(L.LightningDataModule):
             },
         )
 
+    def labelled_support_slices(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Every (slice, tested organ) of the fold's support scan(s) where the organ is visible at model
+        resolution: normalised images [M, 3, r, r], binary masks [M, r, r] and organ names. The labelled target
+        data of the cross-domain track's few-shot adaptation (methods.md §6.4 A)."""
+        images, masks, organs = [], [], []
+        for scan_id in self.plan.support_ids:
+            scan = self.scans[scan_id]
+            for organ in self.organs:
+                label = self.spec.organ_label[organ]
+                slices = [z for z in scan.class_slices.get(label, []) if (scan.label[z] == label).any()]
+                images.append(self.normalised(scan_id, np.asarray(slices, dtype=int)))
+                masks.append(torch.from_numpy(scan.label[slices] == label).float())
+                organs += [organ] * len(slices)
+        return as_three_channels(torch.cat(images)), torch.cat(masks), organs
+
     def test_dataloader(self) -> DataLoader:
         self.setup()
         return DataLoader(QueryTasks(self, self.tasks), batch_size=None, num_workers=0)
 
     def describe(self) -> dict[str, Any]:
         """Protocol variant and data identity, recorded with every result."""
+        source = {"source_dataset": self.source_dataset} if self.source_spec else {}
         return {
+            **source,
             "dataset": self.spec.name,
             "fold_scheme": self.fold_scheme,
             "support_index": self.plan.support_index,
@@ -274,3 +334,8 @@ class FewShotDataModule(L.LightningDataModule):
             "image_size": self.image_size,
             "augment": asdict(self.augment),
         }
+
+
+def _normalise(scan: ScanSlices, params: tuple[float, float], slices: Any = slice(None)) -> torch.Tensor:
+    shift, scale = params
+    return torch.from_numpy((scan.image[slices] - shift) / scale).float()

@@ -9,7 +9,7 @@ from pathlib import Path
 from fsmis_bench.data.datasets import DATASETS
 from fsmis_bench.errors import ConfigError
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "ci", "cpu", "paper")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,19 @@ METHODS: dict[str, MethodEntry] = {
         ),
         MethodEntry(
             "alpnet", "fsmis_bench.methods.alpnet", "SSL-ALPNet: adaptive local prototypes, superpixels"
+        ),
+        MethodEntry(
+            "dpl", "fsmis_bench.methods.dpl", "DPL: diffusion-enhanced prototypes with spatial conditioning"
+        ),
+        MethodEntry(
+            "sd_fsmis",
+            "fsmis_bench.methods.sd_fsmis",
+            "SD-FSMIS: Stable Diffusion UNet, support-query attention, VTCT, query enhancement",
+        ),
+        MethodEntry(
+            "progidiff",
+            "fsmis_bench.methods.progidiff",
+            "ProGiDiff: prompt-guided ControlNet mask diffusion, proposals, LoRA adaptation",
         ),
         MethodEntry(
             "copy_support",

@@ -30,6 +30,9 @@ class MethodTraits:
     normalisation: str = "lineage_default"
     postprocessing: str = "none"
     support_mode: str = "per_chunk"
+    #: Fits weights while testing (e.g. LoRA on the support slices): the test loop then runs with gradients
+    #: available (Lightning ``inference_mode=False``).
+    test_time_training: bool = False
 
 
 class FewShotSegmenter(L.LightningModule):
@@ -162,3 +165,7 @@ class FewShotSegmenter(L.LightningModule):
     def describe(self) -> dict[str, Any]:
         """Declared traits, recorded with every result."""
         return asdict(self.traits)
+
+    def run_info(self) -> dict[str, Any]:
+        """Method-specific facts about a finished fit/test (recorded per model in summary.json); none here."""
+        return {}

@@ -138,8 +138,9 @@ class GroundTruthEpisodes(EpisodeSampler):
             if per_class:
                 self.pairs.append((index, per_class))
         if not self.pairs:
-            raise ValueError(
-                f"no pair of consecutive training slices holds any of the classes {list(classes)}"
+            raise DataError(
+                f"no pair of consecutive allowed training slices holds >= {min_pixels} native pixels of any "
+                f"of the classes {list(classes)} (lower data.min_gt_pixels for small volumes)"
             )
 
     def draw(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:

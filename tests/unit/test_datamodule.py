@@ -32,7 +32,9 @@ def test_training_batch_format(tiny_mri_root, shared_cache):
     assert batch.query_masks.shape == (4, 32, 32)
     assert batch.query_episode.tolist() == [0, 1, 2, 3]
     assert set(batch.support_masks.unique().tolist()) <= {0.0, 1.0}
-    assert (batch.support_masks.flatten(1).amax(1) > 0).all() and (batch.query_masks.flatten(1).amax(1) > 0).all()
+    assert (batch.support_masks.flatten(1).amax(1) > 0).all() and (
+        batch.query_masks.flatten(1).amax(1) > 0
+    ).all()
 
 
 def test_episode_stream_is_seeded(tiny_mri_root, shared_cache):
@@ -79,7 +81,9 @@ def test_ep1_test_batches_cover_every_query_and_organ(tiny_mri_root, shared_cach
 
 
 def test_fold_zscore_uses_training_scans_only(tiny_ct_root, cache_dir):
-    data = FewShotDataModule(dataset="synthetic_ct", data_root=str(tiny_ct_root), image_size=32, cache_dir=str(cache_dir))
+    data = FewShotDataModule(
+        dataset="synthetic_ct", data_root=str(tiny_ct_root), image_size=32, cache_dir=str(cache_dir)
+    )
     data.setup()
     assert data.resolved_normalisation == "fold_zscore"
     shifts = {data._norm[s] for s in data.scans}
