@@ -1,0 +1,81 @@
+"""Offline loading of the pretrained components (methods.md §2.2), or random initialisation from a config.
+
+Weights come from a local ``save_pretrained`` folder or an already cached hub id, with
+``local_files_only=True`` and safetensors only (never unpickled). A missing weight is an error naming the
+expected path, unless ``allow_random_init`` is set and a config is given: then the component is built from the
+config, loudly logged, and the fact is recorded with the results (``describe``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import Dinov2Config, Dinov2Model
+
+from fsmis_bench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one component's weights come from: ``pretrained_path`` (+ ``subfolder``) or ``config``."""
+
+    pretrained_path: str | None = None
+    subfolder: str | None = None
+    config: dict[str, Any] | None = None
+
+    def describe(self, random: bool) -> str:
+        if random:
+            return "random init from config"
+        where = self.pretrained_path if not self.subfolder else f"{self.pretrained_path} [{self.subfolder}]"
+        return f"pretrained: {where}"
+
+
+def load_component(kind: str, source: Source, allow_random_init: bool) -> tuple[Any, bool]:
+    """(model, randomly_initialised) for ``kind`` in vae, unet, dinov2."""
+    error: Exception | None = None
+    if source.pretrained_path:
+        try:
+            return _from_pretrained(kind, source), False
+        except (OSError, ValueError) as exc:  # missing folder/file, not cached, or no safetensors
+            error = exc
+    where = f"'{source.pretrained_path}'" + (f" (subfolder '{source.subfolder}')" if source.subfolder else "")
+    if not (allow_random_init and source.config):
+        reason = f"cannot load {where} offline ({error})" if error else "no pretrained_path given"
+        raise ConfigError(
+            f"sd_fsmis {kind}: {reason}; put the weights there in save_pretrained layout (safetensors), or set "
+            f"allow_random_init: true with a {kind} config"
+        )
+    log.warning(
+        "sd_fsmis %s: RANDOMLY INITIALISED from its config (%s); results are not pretrained-weight numbers",
+        kind,
+        f"{where} not loadable" if source.pretrained_path else "no pretrained_path",
+    )
+    return _from_config(kind, source.config), True
+
+
+def _from_pretrained(kind: str, source: Source) -> Any:
+    options: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
+    if source.subfolder:
+        options["subfolder"] = source.subfolder
+    if kind == "vae":
+        return AutoencoderKL.from_pretrained(source.pretrained_path, **options)
+    if kind == "unet":
+        return UNet2DConditionModel.from_pretrained(source.pretrained_path, **options)
+    if kind == "dinov2":
+        return Dinov2Model.from_pretrained(source.pretrained_path, **options)
+    raise ValueError(f"unknown component kind {kind!r}")
+
+
+def _from_config(kind: str, config: dict[str, Any]) -> Any:
+    if kind == "vae":
+        return AutoencoderKL.from_config(config)
+    if kind == "unet":
+        return UNet2DConditionModel.from_config(config)
+    if kind == "dinov2":
+        return Dinov2Model(Dinov2Config(**config))
+    raise ValueError(f"unknown component kind {kind!r}")
