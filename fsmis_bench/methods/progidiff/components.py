@@ -1,0 +1,162 @@
+"""The frozen text-to-image backbone of ProGiDiff: UNet, VAE, CLIP text encoder and tokenizer (methods.md §2).
+
+Two sources: a Stable Diffusion folder or cached hub id (``pretrained_path``, loaded subfolder by subfolder with
+``local_files_only=True``, never from the network), or small randomly initialised instances of the SAME
+diffusers/transformers classes (``model_size: tiny``) for tests and CPU runs, with a character-level CLIP
+tokenizer written from local vocab/merges files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from fsmis_bench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Known-good tiny constructor arguments (methods.md §2.3); profile values override them key by key.
+TINY_UNET: dict[str, Any] = {
+    "block_out_channels": (4, 8),
+    "layers_per_block": 1,
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 8,
+    "attention_head_dim": 2,
+    "norm_num_groups": 4,
+}
+TINY_VAE: dict[str, Any] = {
+    "block_out_channels": (4, 8),
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "latent_channels": 4,
+    "norm_num_groups": 2,
+}
+TINY_TEXT: dict[str, Any] = {
+    "intermediate_size": 16,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+}
+#: Characters of the local tokenizer's vocabulary (prompts are lower-case words).
+TOKEN_CHARACTERS = "abcdefghijklmnopqrstuvwxyz"
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
+
+
+@dataclass
+class Backbone:
+    """The frozen components and where they came from (recorded with the results)."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    source: str  # "random tiny configuration" or the pretrained path / hub id
+
+
+def local_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A character-level CLIPTokenizer built from a vocab.json / merges.txt written locally (no hub).
+
+    The vocabulary holds the start/end tokens and every letter with and without the end-of-word suffix; the
+    merges file holds only its version header, so every word is spelled out letter by letter.
+    """
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for char in TOKEN_CHARACTERS:
+            vocab[char + suffix] = len(vocab)
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab))
+        merges_file.write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=max_length)
+
+
+def random_backbone(
+    unet: dict[str, Any] | None = None,
+    vae: dict[str, Any] | None = None,
+    text_encoder: dict[str, Any] | None = None,
+    max_prompt_tokens: int = 77,
+) -> Backbone:
+    """Randomly initialised components; sizes that must agree are derived, never hard-coded.
+
+    The text encoder's width is the UNet's ``cross_attention_dim``; its vocabulary, positions and special
+    token ids come from the tokenizer.
+    """
+    unet_args = {**TINY_UNET, **(unet or {})}
+    vae_args = {**TINY_VAE, **(vae or {})}
+    tokenizer = local_tokenizer(max_prompt_tokens)
+    text_args = {
+        **TINY_TEXT,
+        **(text_encoder or {}),
+        "hidden_size": unet_args["cross_attention_dim"],
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": tokenizer.model_max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return Backbone(
+        unet=UNet2DConditionModel(**_tuples(unet_args)),
+        vae=AutoencoderKL(**_tuples(vae_args)),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**text_args)),
+        tokenizer=tokenizer,
+        source="random tiny configuration",
+    )
+
+
+def pretrained_backbone(path: str) -> Backbone:
+    """Stable Diffusion components from a local ``save_pretrained`` folder or an already cached hub id."""
+    try:
+        return Backbone(
+            unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True),
+            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True),
+            text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True),
+            tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
+            source=str(path),
+        )
+    except (OSError, ValueError) as exc:
+        expected = ", ".join(f"{path}/{s}" for s in SUBFOLDERS)
+        raise ConfigError(
+            f"pretrained_path {path}: cannot load the diffusion backbone offline (expected {expected} in "
+            f"diffusers save_pretrained layout, or a hub id already in the local cache): {exc}"
+        ) from exc
+
+
+def build_backbone(
+    model_size: str = "tiny",
+    pretrained_path: str | None = None,
+    allow_random_init: bool = False,
+    **random_args: Any,
+) -> Backbone:
+    """``model_size: tiny`` -> random components; ``pretrained`` -> ``pretrained_path`` (offline only)."""
+    if model_size == "tiny":
+        return random_backbone(**random_args)
+    if model_size != "pretrained":
+        raise ConfigError(f"backbone.model_size '{model_size}': expected tiny or pretrained")
+    if pretrained_path is None:
+        if not allow_random_init:
+            raise ConfigError("backbone.pretrained_path is required with model_size: pretrained")
+    else:
+        try:
+            return pretrained_backbone(pretrained_path)
+        except ConfigError:
+            if not allow_random_init:
+                raise
+    log.warning("ProGiDiff: NO PRETRAINED WEIGHTS, random initialisation (allow_random_init: true)")
+    return random_backbone(**random_args)
+
+
+def _tuples(args: dict[str, Any]) -> dict[str, Any]:
+    """YAML gives lists; diffusers configs expect tuples for the block specifications."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
