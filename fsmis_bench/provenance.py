@@ -36,7 +36,9 @@ def code_version() -> str:
     source = Path(fsmis_bench.__file__).resolve().parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(source), *args], capture_output=True, text=True, check=True
+        ).stdout
 
     try:
         commit = git("rev-parse", "--short=12", "HEAD").strip()

@@ -1,0 +1,131 @@
+"""Regression checks: per-organ Dice of a sweep against a committed fixture with per-value tolerances.
+
+``fsmis-bench regression check`` compares the ``ok`` rows of a results store with the fixture and fails
+(exit 1) when a value leaves its tolerance, a job is missing or failed. ``fsmis-bench regression update``
+rewrites the fixture from a sweep run with several seeds: the expected value is the seed the check runs
+with, the tolerance comes from the spread over seeds (the rule is stored in the fixture).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsmis_bench.data.datasets import ORGANS
+from fsmis_bench.errors import ConfigError
+from fsmis_bench.runner.store import ResultsStore, write_atomic
+
+#: Tolerance = clip(SPREAD_FACTOR × standard deviation over seeds, MIN_TOLERANCE, MAX_TOLERANCE).
+SPREAD_FACTOR = 3.0
+MIN_TOLERANCE = 0.02
+MAX_TOLERANCE = 0.15
+IDENTITY = ("method", "dataset", "source_dataset", "setting", "fold", "shots", "profile")
+
+
+@dataclass(frozen=True)
+class Deviation:
+    case: str
+    organ: str
+    expected: float
+    observed: float
+    tolerance: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.case} {self.organ}: Dice {self.observed:.4f} vs expected {self.expected:.4f} "
+            f"± {self.tolerance:.4f}"
+        )
+
+
+def case_name(row: dict[str, str]) -> str:
+    """A job's identity without its seed: the unit the fixture is keyed by."""
+    return "/".join(f"{k}={row[k]}" for k in IDENTITY if row.get(k))
+
+
+def _dice_by_case(store: ResultsStore) -> tuple[dict[tuple[str, int], dict[str, float]], list[str]]:
+    """{(case, seed): {organ: dice}} of ok rows, and the keys of failed jobs."""
+    values: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+    failed = []
+    for row in store.rows():
+        if row["status"] != "ok":
+            failed.append(row["key"])
+            continue
+        if row["organ"] in ORGANS:
+            values[(case_name(row), int(row["seed"]))][row["organ"]] = float(row["dice"])
+    return values, failed
+
+
+def tolerance(samples: list[float]) -> float:
+    spread = statistics.pstdev(samples) if len(samples) > 1 else 0.0
+    return min(MAX_TOLERANCE, max(MIN_TOLERANCE, SPREAD_FACTOR * spread))
+
+
+def build_fixture(results: str | Path, check_seed: int = 0) -> dict[str, Any]:
+    """Expected Dice (seed ``check_seed``) and tolerances (spread over all seeds) per case and organ."""
+    values, failed = _dice_by_case(ResultsStore(results))
+    if failed:
+        raise ConfigError(f"{results}: cannot build baselines, failed jobs {failed}")
+    by_case: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+    for (case, seed), organs in values.items():
+        by_case[case][seed] = organs
+    cases = {}
+    for case, seeds in sorted(by_case.items()):
+        if check_seed not in seeds:
+            raise ConfigError(f"{results}: {case} has no result for seed {check_seed}")
+        cases[case] = {
+            organ: {
+                "expected": round(seeds[check_seed][organ], 6),
+                "tolerance": round(tolerance([s[organ] for s in seeds.values() if organ in s]), 6),
+                "seed_values": [round(seeds[s][organ], 4) for s in sorted(seeds) if organ in seeds[s]],
+            }
+            for organ in ORGANS
+            if organ in seeds[check_seed] and not math.isnan(seeds[check_seed][organ])
+        }
+    return {
+        "check_seed": check_seed,
+        "seeds": sorted({seed for seeds in by_case.values() for seed in seeds}),
+        "tolerance_rule": (
+            f"clip({SPREAD_FACTOR} x population std of the Dice over the seeds, {MIN_TOLERANCE}, {MAX_TOLERANCE})"
+        ),
+        "cases": cases,
+    }
+
+
+def write_fixture(fixture: dict[str, Any], path: str | Path) -> None:
+    write_atomic(Path(path), (json.dumps(fixture, indent=1, sort_keys=True) + "\n").encode())
+
+
+def check(results: str | Path, fixture_path: str | Path) -> list[str]:
+    """Problems found (empty when everything is within tolerance)."""
+    fixture = json.loads(Path(fixture_path).read_text())
+    values, failed = _dice_by_case(ResultsStore(results))
+    problems = [f"job {key} failed" for key in failed]
+    seed = fixture["check_seed"]
+    for case, organs in fixture["cases"].items():
+        observed = values.get((case, seed))
+        if observed is None:
+            problems.append(f"{case}: no result for seed {seed}")
+            continue
+        for organ, entry in organs.items():
+            value = observed.get(organ, math.nan)
+            if math.isnan(value) or abs(value - entry["expected"]) > entry["tolerance"]:
+                problems.append(str(Deviation(case, organ, entry["expected"], value, entry["tolerance"])))
+    return problems
+
+
+def report(results: str | Path, fixture_path: str | Path) -> int:
+    """Print the check's verdict; 0 when every value is within tolerance."""
+    problems = check(results, fixture_path)
+    n_values = sum(len(v) for v in json.loads(Path(fixture_path).read_text())["cases"].values())
+    if problems:
+        print(f"regression: {len(problems)} problem(s) over {n_values} checked values")
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
+    print(f"regression: all {n_values} values within tolerance")
+    return 0
