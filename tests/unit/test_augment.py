@@ -1,5 +1,6 @@
 """Batched torch augmentation of protocol §5.4."""
 
+import numpy as np
 import torch
 
 from fsmis_bench.protocol.augment import AugmentConfig, augment_episode_pair, augment_pair, gamma_transform
@@ -81,3 +82,17 @@ def test_fixed_elastic_seed_reuses_one_field():
     images = images[:1].expand(2, -1, -1).clone()
     out, _ = augment_pair(images, masks, cfg, torch.Generator().manual_seed(0))
     assert torch.allclose(out[0], out[1])
+
+
+def test_smooth_noise_equals_scipy_gaussian_filter_with_zero_padding():
+    """The elastic field's Toeplitz-matrix smoothing is the reference's gaussian_filter(mode='constant')."""
+    from scipy.ndimage import gaussian_filter
+
+    from fsmis_bench.protocol.augment import smooth_noise
+
+    field = smooth_noise((2, 2, 40, 56), 3.0, torch.Generator().manual_seed(3)).numpy()
+    noise = (torch.rand((2, 2, 40, 56), generator=torch.Generator().manual_seed(3)) * 2 - 1).numpy()
+    expected = np.stack(
+        [[gaussian_filter(channel, 3.0, mode="constant") for channel in item] for item in noise]
+    )
+    np.testing.assert_allclose(field, expected, atol=1e-6)
