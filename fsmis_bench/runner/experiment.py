@@ -239,7 +239,14 @@ def execute_run(request: RunRequest) -> Path:
             **({"secondary_metrics": {c: summarize_cases(cases, c) for c in extra}} if extra else {}),
             "status": "ok",
             "seconds": round(time.perf_counter() - started, 2),
-            "budget": {k: config.get("trainer", {}).get(k) for k in ("max_steps", "max_time")},
+            "budget": {
+                **{
+                    k: config.get("trainer", {}).get(k)
+                    for k in ("max_steps", "max_time", "accumulate_grad_batches")
+                },
+                "batch_size": data_cfg.get("batch_size") if model_cls_traits.trainable else None,
+                "models": len(models),
+            },
             "traits": {
                 **model_cls_traits.__dict__,
                 "pseudolabels": data_cfg.get("pseudolabels", model_cls_traits.pseudolabels),
