@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,17 +36,54 @@ NORMALISATIONS = ("lineage_default", "volume_zscore", "fold_zscore", "volume_min
 
 
 class EpisodeStream(IterableDataset):
-    """Endless stream of training batches; each dataloader worker gets its own seeded sampler."""
+    """Endless stream of training batches; each dataloader worker gets its own seeded sampler.
 
-    def __init__(self, build_sampler: Any, seed: int) -> None:
+    In the main process (``num_workers=0``) up to ``prefetch`` batches are prepared by a background thread
+    while the model trains (torch releases the GIL, so augmentation overlaps the step). The sampler draws only
+    from its own generators, so the stream is the same with or without prefetching."""
+
+    def __init__(self, build_sampler: Any, seed: int, prefetch: int = 0) -> None:
         self.build_sampler = build_sampler
         self.seed = seed
+        self.prefetch = prefetch
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[EpisodeBatch]:
         info = get_worker_info()
         sampler = self.build_sampler(self.seed + (0 if info is None else 1000 * (info.id + 1)))
+        if info is None and self.prefetch > 0:
+            return _prefetched(sampler.next_batch, self.prefetch)
+        return iter(sampler.next_batch, None)
+
+
+def _prefetched(produce: Callable[[], EpisodeBatch], depth: int) -> Iterator[EpisodeBatch]:
+    """Yield ``produce()`` results made ahead by a daemon thread; it stops when the iterator is closed."""
+    batches: queue.Queue[EpisodeBatch | BaseException] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                item: EpisodeBatch | BaseException = produce()
+            except BaseException as exc:  # surfaced in the consumer
+                item = exc
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    threading.Thread(target=work, name="episode-prefetch", daemon=True).start()
+    try:
         while True:
-            yield sampler.next_batch()
+            item = batches.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 class QueryTasks(Dataset):
@@ -95,6 +134,7 @@ class FewShotDataModule(L.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        prefetch: int = 2,
         source_dataset: str | None = None,
         source_data_root: str | None = None,
     ) -> None:
@@ -111,7 +151,7 @@ class FewShotDataModule(L.LightningDataModule):
         self.exclusion_rule, self.eval_mode, self.chunk_rule = exclusion_rule, eval_mode, chunk_rule
         self.normalisation = normalisation
         self.superpixel_compat, self.min_gt_pixels = superpixel_compat, min_gt_pixels
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.prefetch = seed, num_workers, prefetch
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.plan = fold_plan(self.spec.scan_ids, fold, shots, fold_scheme, support_index)
         self.organs = organs_of(group)
@@ -263,7 +303,7 @@ class FewShotDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         return DataLoader(
-            EpisodeStream(self.build_sampler, self.seed),
+            EpisodeStream(self.build_sampler, self.seed, self.prefetch),
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: Data options that a profile may set (the rest come from the run request).
 PROFILE_DATA_KEYS = {
     "image_size", "batch_size", "pseudolabels", "augment", "fold_scheme", "support_index", "exclusion_rule",
-    "eval_mode", "chunk_rule", "normalisation", "superpixel_compat", "min_gt_pixels", "num_workers",
+    "eval_mode", "chunk_rule", "normalisation", "superpixel_compat", "min_gt_pixels", "num_workers", "prefetch",
 }  # fmt: skip
 TRAINER_KEYS = {
     "max_steps",

@@ -116,3 +116,23 @@ def test_cache_key_changes_with_the_input_file(tiny_mri_root, cache_dir, tmp_pat
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2, img.affine), str(image))
     after = make(root, cache_dir).scans[1].image
     assert np.allclose(after, 2 * before, rtol=1e-4)
+
+
+def test_prefetching_thread_gives_the_same_stream_and_surfaces_sampler_errors(tiny_mri_root, shared_cache):
+    streams = []
+    for prefetch in (0, 3):
+        loader = make(tiny_mri_root, shared_cache, prefetch=prefetch, seed=5).train_dataloader()
+        stream = iter(loader)
+        streams.append([next(stream) for _ in range(4)])
+    for plain, ahead in zip(*streams):
+        assert torch.equal(plain.query_images, ahead.query_images)
+        assert torch.equal(plain.support_masks, ahead.support_masks)
+
+    from fsmis_bench.datamodule import EpisodeStream
+
+    class Failing:
+        def next_batch(self):
+            raise RuntimeError("corrupt slice")
+
+    with pytest.raises(RuntimeError, match="corrupt slice"):
+        next(iter(EpisodeStream(lambda seed: Failing(), seed=0, prefetch=2)))
