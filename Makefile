@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-slow lint format clean bench leaderboard
+.PHONY: install demo test test-slow lint format clean bench leaderboard regression update-baselines
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ RESULTS ?= results
 LEADERBOARDS ?= leaderboards
 leaderboard: $(STAMP)
 	$(BIN)/fsmis-bench leaderboard --results $(RESULTS) --out $(LEADERBOARDS) --published leaderboards/published.csv
+
+## CI regression guard: every method x synthetic_{mri,ct} x fold 0 x settings 1, 2 at the `ci` profile, per-organ
+## Dice compared with benchmark/baselines/ci_regression.json (fails when a value leaves its tolerance).
+## Fresh results each time (a stale store would hide a regression); update-baselines reruns over 3 seeds.
+regression: $(STAMP)
+	rm -rf results/ci_regression
+	$(BIN)/fsmis-bench sweep benchmark/sweeps/ci_regression.yaml
+	$(BIN)/fsmis-bench regression check --results results/ci_regression
+
+update-baselines: $(STAMP)
+	rm -rf results/ci_regression_seeds
+	$(BIN)/fsmis-bench sweep benchmark/sweeps/ci_regression_seeds.yaml
+	$(BIN)/fsmis-bench regression update --results results/ci_regression_seeds --check-seed 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check fsmis_bench tests benchmark
