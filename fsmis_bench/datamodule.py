@@ -157,7 +157,8 @@ class FewShotDataModule(L.LightningDataModule):
         self.organs = organs_of(group)
         self.source_dataset, self.source_data_root = source_dataset, source_data_root
         self.source_spec = get_dataset(source_dataset) if source_dataset else None
-        self.excluded = excluded_labels(self.source_spec or self.spec, setting, group, exclusion_rule)
+        # setting 2's exclusion depends on the tested group; untrained methods (group None) never train
+        self._exclusion = (self.source_spec or self.spec, setting, group, exclusion_rule)
         self.scans: dict[int, ScanSlices] = {}
         self.source_scans: dict[int, ScanSlices] = {}
         self._prepared = False
@@ -254,14 +255,18 @@ class FewShotDataModule(L.LightningDataModule):
             return self.spec, self.scans, self._norm, list(self.plan.train_ids)
         return self.source_spec, self.source_scans, self._source_norm, list(self.source_scans)
 
+    @property
+    def excluded(self) -> tuple[int, ...]:
+        """Label ids whose presence removes a training slice (setting 2); ConfigError without a tested group."""
+        return excluded_labels(*self._exclusion)
+
     def training_scans(self) -> list[TrainingScan]:
         _, pool, norm, ids = self._training_pool()
+        excluded = self.excluded
         scans = []
         for scan_id in ids:
             scan = pool[scan_id]
-            allowed = allowed_slices(
-                scan.class_slices, self.excluded, self.exclusion_rule, n_slices=scan.depth
-            )
+            allowed = allowed_slices(scan.class_slices, excluded, self.exclusion_rule, n_slices=scan.depth)
             scans.append(
                 TrainingScan(
                     scan_id=scan_id,
@@ -278,9 +283,10 @@ class FewShotDataModule(L.LightningDataModule):
         """(kept, total) training slices after the setting's exclusion rule."""
         kept = total = 0
         _, pool, _, ids = self._training_pool()
+        excluded = self.excluded
         for scan_id in ids:
             scan = pool[scan_id]
-            mask = allowed_slices(scan.class_slices, self.excluded, self.exclusion_rule, n_slices=scan.depth)
+            mask = allowed_slices(scan.class_slices, excluded, self.exclusion_rule, n_slices=scan.depth)
             kept, total = kept + int(mask.sum()), total + scan.depth
         return kept, total
 

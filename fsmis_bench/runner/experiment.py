@@ -168,9 +168,9 @@ def _train_and_test(
         trainer.fit(model, datamodule=data)
         info["train_steps"] = int(trainer.global_step)
         info["final_loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
+        kept, total = data.kept_training_slices()
+        info["training_slices_kept"], info["training_slices_total"] = kept, total
     info["train_seconds"] = round(time.perf_counter() - started, 2)
-    kept, total = data.kept_training_slices()
-    info["training_slices_kept"], info["training_slices_total"] = kept, total
     tested = time.perf_counter()
     trainer.test(model, datamodule=data, verbose=False)
     info["test_seconds"] = round(time.perf_counter() - tested, 2)

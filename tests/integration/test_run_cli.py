@@ -50,6 +50,15 @@ def test_setting_2_trains_one_model_per_group(tmp_path, tiny_mri_root):
         assert model["training_slices_kept"] < model["training_slices_total"]
 
 
+@pytest.mark.parametrize("method", ["copy_support", "threshold"])
+def test_reference_floors_run_in_setting_2_with_one_untrained_model(tmp_path, tiny_mri_root, method):
+    """Setting 2 only changes training; a floor that never trains is scored on all four organs at once."""
+    assert run(tmp_path, tiny_mri_root, "--setting", "2", method=method) == 0
+    summary = json.loads(next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text())
+    assert [m["group"] for m in summary["models"]] == ["all"] and summary["setting"] == 2
+    assert "training_slices_kept" not in summary["models"][0]
+
+
 def test_same_seed_gives_identical_cases(tmp_path, tiny_mri_root):
     assert run(tmp_path / "a", tiny_mri_root, "--set", "trainer.max_steps=4") == 0
     assert run(tmp_path / "b", tiny_mri_root, "--set", "trainer.max_steps=4") == 0
