@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from fsmis_bench.config import apply_overrides, config_hash, instantiate, load_y
 from fsmis_bench.data.datasets import ORGANS, get_dataset
 from fsmis_bench.datamodule import FewShotDataModule
 from fsmis_bench.errors import ConfigError
-from fsmis_bench.methods.base import FewShotSegmenter
+from fsmis_bench.methods.base import FewShotSegmenter, MethodTraits
 from fsmis_bench.metrics.aggregate import summarize_cases, valid_counts
 from fsmis_bench.protocol.settings import model_groups
 from fsmis_bench.provenance import environment
@@ -87,6 +87,17 @@ class RunRequest:
         else:
             data, setting = self.dataset, f"s{self.setting}"
         return f"{self.method}_{data}_{setting}_f{self.fold}_k{self.shots}_seed{self.seed}_{self.profile}"
+
+
+#: The training episodes the datamodule serves for each pseudolabel source (protocol §5.1, §5.3).
+EPISODE_TYPES = {"superpix2d": "same_slice_two_augs", "gt": "gt_adjacent"}
+
+
+def _run_traits(traits: MethodTraits, data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The method's declared traits, with the training labels and episodes this run actually used."""
+    pseudolabels = data_cfg.get("pseudolabels", traits.pseudolabels)
+    episode_type = EPISODE_TYPES.get(pseudolabels, traits.episode_type) if traits.trainable else "none"
+    return {**asdict(traits), "pseudolabels": pseudolabels, "episode_type": episode_type}
 
 
 def resolve_config(request: RunRequest) -> dict[str, Any]:
@@ -247,10 +258,7 @@ def execute_run(request: RunRequest) -> Path:
                 "batch_size": data_cfg.get("batch_size") if model_cls_traits.trainable else None,
                 "models": len(models),
             },
-            "traits": {
-                **model_cls_traits.__dict__,
-                "pseudolabels": data_cfg.get("pseudolabels", model_cls_traits.pseudolabels),
-            },
+            "traits": _run_traits(model_cls_traits, data_cfg),
             "models": models,
             "provenance": environment(fingerprint),
         }
