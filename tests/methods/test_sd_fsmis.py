@@ -27,30 +27,10 @@ from fsmis_bench.methods.sd_fsmis.query_enhancement import (
 )
 from fsmis_bench.methods.sd_fsmis.unet import SupportQueryUNet, widen_unet
 from fsmis_bench.methods.sd_fsmis.vtct import VisualTextualTranslator, masked_average
+from fsmis_bench.methods.tiny_diffusers import TINY_UNET, TINY_VAE
 from fsmis_bench.runner.experiment import RunRequest, resolve_config
 
-# the known-good tiny configurations of methods.md §2.3
-UNET = {
-    "block_out_channels": (4, 8),
-    "layers_per_block": 1,
-    "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    "cross_attention_dim": 8,
-    "attention_head_dim": 2,
-    "norm_num_groups": 4,
-}
-VAE = {
-    "block_out_channels": (4, 8),
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    "latent_channels": 4,
-    "norm_num_groups": 2,
-}
+UNET, VAE = TINY_UNET, TINY_VAE  # the known-good tiny configurations of methods.md §2.3
 DINO = {"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16}
 DINO_GEOMETRY = {"image_size": 14, "patch_size": 7}
 

@@ -19,31 +19,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from fsmis_bench.errors import ConfigError
+from fsmis_bench.methods.tiny_diffusers import TINY_UNET, TINY_VAE
 
 log = logging.getLogger(__name__)
 
-#: Known-good tiny constructor arguments (methods.md §2.3); profile values override them key by key.
-TINY_UNET: dict[str, Any] = {
-    "block_out_channels": (4, 8),
-    "layers_per_block": 1,
-    "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    "cross_attention_dim": 8,
-    "attention_head_dim": 2,
-    "norm_num_groups": 4,
-}
-TINY_VAE: dict[str, Any] = {
-    "block_out_channels": (4, 8),
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    "latent_channels": 4,
-    "norm_num_groups": 2,
-}
 TINY_TEXT: dict[str, Any] = {
     "intermediate_size": 16,
     "num_attention_heads": 2,
