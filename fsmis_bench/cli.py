@@ -194,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=_sweep)
 
     board = sub.add_parser("leaderboard", help="aggregate sweep results into leaderboard tables and plots")
-    board.add_argument("--results", default="results", help="results folder holding results.csv")
+    board.add_argument(
+        "--results", nargs="+", default=["results"], help="results folder(s) holding results.csv"
+    )
     board.add_argument("--out", default="leaderboards")
     board.add_argument("--published", default="leaderboards/published.csv", help="published numbers to join")
     board.add_argument(

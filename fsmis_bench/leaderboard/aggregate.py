@@ -9,6 +9,7 @@ entry with different fingerprints or profiles are refused unless ``allow_mixed``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -32,14 +33,17 @@ class MixedResultsError(FsmisError):
     """One leaderboard entry would pool results of different fingerprints or profiles."""
 
 
-def load_results(results_dir: str) -> pd.DataFrame:
-    """The ``ok`` rows of a results store, typed."""
-    store = ResultsStore(results_dir)
-    rows = [row for row in store.rows() if row["status"] == "ok"]
-    if not rows:
-        raise FsmisError(
-            f"{store.path}: no ok results (run `fsmis-bench sweep SPEC --results {results_dir}`)"
-        )
+def load_results(results_dirs: str | Sequence[str]) -> pd.DataFrame:
+    """The ``ok`` rows of one or several results stores (e.g. separate campaigns), typed."""
+    rows = []
+    for results_dir in [results_dirs] if isinstance(results_dirs, str) else results_dirs:
+        store = ResultsStore(results_dir)
+        ok = [row for row in store.rows() if row["status"] == "ok"]
+        if not ok:
+            raise FsmisError(
+                f"{store.path}: no ok results (run `fsmis-bench sweep SPEC --results {results_dir}`)"
+            )
+        rows += ok
     frame = pd.DataFrame(rows)
     for column in ("fold", "shots", "seed", "valid_cases"):  # setting stays a string: 1, 2 or cross
         frame[column] = frame[column].astype(int)

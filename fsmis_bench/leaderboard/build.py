@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from fsmis_bench.leaderboard.aggregate import TABLE_KEYS, load_results, reproduced_entries, sort_entries
@@ -12,8 +13,10 @@ from fsmis_bench.leaderboard.published import load_published, published_entries
 from fsmis_bench.leaderboard.render import entry_groups, table_name, table_title, write_csv, write_readme
 
 
-def build_leaderboards(results: str, out: str, published: str, allow_mixed: bool = False) -> list[Path]:
-    """Write every table of the results in ``results`` into ``out``; returns the written paths."""
+def build_leaderboards(
+    results: str | Sequence[str], out: str, published: str, allow_mixed: bool = False
+) -> list[Path]:
+    """Write every table of the results in ``results`` (one store or several) into ``out``; returns the paths."""
     reproduced = reproduced_entries(load_results(results), allow_mixed)
     published_rows = load_published(published)
     if not published_rows:

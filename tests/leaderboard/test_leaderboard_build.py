@@ -165,3 +165,22 @@ def test_cross_domain_results_get_their_own_table_without_published_rows(tmp_pat
 def test_no_results_is_a_clear_error(tmp_path, capsys):
     assert main(["leaderboard", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
     assert "no ok results" in capsys.readouterr().err
+
+
+def test_several_campaign_stores_build_one_set_of_tables(tmp_path):
+    """A CHAOS campaign and a cross-domain campaign kept in separate stores give both tables in one README."""
+    record(ResultsStore(tmp_path / "chaos"), "alpnet", 0, [0.8, 0.6, 0.4, 0.2])
+    record(
+        ResultsStore(tmp_path / "cross"),
+        "progidiff",
+        0,
+        [0.5] * 4,
+        dataset="synthetic_mri",
+        source="synthetic_ct",
+    )
+    assert main(["leaderboard", "--results", str(tmp_path / "chaos"), str(tmp_path / "cross"),
+                 "--out", str(tmp_path / "out"), "--published", str(PUBLISHED)]) == 0  # fmt: skip
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert (tmp_path / "out" / "abd_mri_setting1_1shot.csv").exists()
+    assert (tmp_path / "out" / "synthetic_ct-to-synthetic_mri_cross_1shot.csv").exists()
+    assert "abd_mri, setting 1" in readme and "synthetic_ct → synthetic_mri" in readme
