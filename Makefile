@@ -31,8 +31,8 @@ test-slow: $(STAMP)
 
 ## Sweep results ($(RESULTS)/results.csv, see `fsmis-bench sweep`) -> $(LEADERBOARDS)/: CSV tables per
 ## (dataset, setting, shots), README.md with the Markdown tables, PNG plots; published numbers beside.
-## Default: the committed CPU campaigns (CHAOS, cross-domain synthetic); RESULTS=results for your own sweep.
-RESULTS ?= results/chaos_cpu results/cross_synthetic
+## The committed CPU leaderboards: make leaderboard RESULTS="results/chaos_cpu results/cross_synthetic"
+RESULTS ?= results
 LEADERBOARDS ?= leaderboards
 leaderboard: $(STAMP)
 	$(BIN)/fsmis-bench leaderboard --results $(RESULTS) --out $(LEADERBOARDS) --published leaderboards/published.csv
