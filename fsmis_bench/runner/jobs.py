@@ -46,10 +46,7 @@ class Job:
         track), plus a hash of any other non-default option (the overrides)."""
         request = RunRequest(**self.params)
         default = RunRequest(method=request.method, fold=request.fold)
-        d = self.identity()
-        data = f"{d['source_dataset']}-to-{d['dataset']}" if d["source_dataset"] else d["dataset"]
-        setting = "cross" if d["source_dataset"] else f"s{d['setting']}"
-        key = f"{d['method']}_{data}_{setting}_f{d['fold']}_k{d['shots']}_seed{d['seed']}_{d['profile']}"
+        key = request.run_id
         extra = {
             f.name: getattr(request, f.name)
             for f in dataclasses.fields(RunRequest)

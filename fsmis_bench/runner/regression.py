@@ -102,7 +102,10 @@ def write_fixture(fixture: dict[str, Any], path: str | Path) -> None:
 
 def check(results: str | Path, fixture_path: str | Path) -> list[str]:
     """Problems found (empty when everything is within tolerance)."""
-    fixture = json.loads(Path(fixture_path).read_text())
+    return _check(results, json.loads(Path(fixture_path).read_text()))
+
+
+def _check(results: str | Path, fixture: dict[str, Any]) -> list[str]:
     values, failed = _dice_by_case(ResultsStore(results))
     problems = [f"job {key} failed" for key in failed]
     seed = fixture["check_seed"]
@@ -120,8 +123,9 @@ def check(results: str | Path, fixture_path: str | Path) -> list[str]:
 
 def report(results: str | Path, fixture_path: str | Path) -> int:
     """Print the check's verdict; 0 when every value is within tolerance."""
-    problems = check(results, fixture_path)
-    n_values = sum(len(v) for v in json.loads(Path(fixture_path).read_text())["cases"].values())
+    fixture = json.loads(Path(fixture_path).read_text())
+    problems = _check(results, fixture)
+    n_values = sum(len(organs) for organs in fixture["cases"].values())
     if problems:
         print(f"regression: {len(problems)} problem(s) over {n_values} checked values")
         for problem in problems:
