@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,25 @@ import yaml
 from fsmis_bench.errors import ConfigError
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 floats: ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to Python values (safe loader, YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read YAML ({exc})") from exc
     if not isinstance(data, dict):
@@ -33,7 +50,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         if not sep or not key:
             raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item}: value is not valid YAML ({exc})") from exc
         node = out
