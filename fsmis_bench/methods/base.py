@@ -166,6 +166,10 @@ class FewShotSegmenter(L.LightningModule):
         """Declared traits, recorded with every result."""
         return asdict(self.traits)
 
+    def deviations(self) -> list[str]:
+        """Named options of this run that depart from the paper's recipe (written into every result row)."""
+        return []
+
     def run_info(self) -> dict[str, Any]:
         """Method-specific facts about a finished fit/test (recorded per model in summary.json); none here."""
         return {}

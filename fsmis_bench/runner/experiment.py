@@ -189,6 +189,7 @@ def _train_and_test(
         {"scan_id": s, "organ": o, "reason": "organ absent from query"} for s, o in data.skipped
     ]
     info["protocol"] = data.describe()
+    info["deviations"] = model.deviations()
     method_info = model.run_info()
     if method_info:
         info["method_info"] = method_info

@@ -97,10 +97,13 @@ def planned_fingerprint(job: Job) -> str:
 
 
 def protocol_variant(summary: dict[str, Any]) -> str:
-    """The protocol variant string of a run: fold scheme, support index, rules, pseudolabel source, normalisation."""
+    """The protocol variant string of a run: fold scheme, support index, rules, pseudolabel source, normalisation,
+    and the method's named deviations from its paper, if any."""
     protocol = summary["models"][0]["protocol"]
     parts = [f"{key}={protocol[key]}" for key in VARIANT_KEYS]
-    return " ".join([*parts, f"pseudolabels={summary['traits']['pseudolabels']}"])
+    deviations = summary["models"][0].get("deviations") or []
+    tail = [f"deviations={','.join(deviations)}"] if deviations else []
+    return " ".join([*parts, f"pseudolabels={summary['traits']['pseudolabels']}", *tail])
 
 
 def _budget(summary: dict[str, Any]) -> str:

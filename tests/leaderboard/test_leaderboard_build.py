@@ -26,7 +26,8 @@ PROTOCOL = {
 
 def record(store: ResultsStore, method: str, fold: int, dice: list[float], *, seed: int = 0, setting: int = 1,
            dataset: str = "abd_mri", profile: str = "cpu", config: str = "cfg", reference: bool = False,
-           protocol: dict | None = None, source: str | None = None) -> None:  # fmt: skip
+           protocol: dict | None = None, source: str | None = None,
+           deviations: list[str] | None = None) -> None:  # fmt: skip
     """A finished run as execute_run would describe it, recorded as the sweep's job function does."""
     mean = sum(dice) / 4
     summary = {
@@ -38,7 +39,7 @@ def record(store: ResultsStore, method: str, fold: int, dice: list[float], *, se
         "valid_cases": dict.fromkeys(ORGANS, 4),
         "budget": {"max_steps": 100, "max_time": None},
         "traits": {"pseudolabels": "none" if reference else "superpix2d"},
-        "models": [{"protocol": {**PROTOCOL, **(protocol or {})}}],
+        "models": [{"protocol": {**PROTOCOL, **(protocol or {})}, "deviations": deviations or []}],
         "provenance": {"config_hash": config, "code_version": "abc"},
     }  # fmt: skip
     key = f"{method}_{source}_{dataset}_s{setting}_f{fold}_seed{seed}_{profile}_{config}"
@@ -112,6 +113,23 @@ def test_protocol_variants_are_separate_entries(tmp_path):
         for s in ("alpnet", "qnet_sets")
     )
     assert "* P2: `fold_scheme=qnet_sets" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_method_deviations_are_named_in_the_rows_and_make_their_own_entry(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    record(store, "sd_fsmis", 0, [0.5] * 4)
+    record(
+        store, "sd_fsmis", 0, [0.6] * 4, config="pos", deviations=["bank_positions=sinusoidal", "in_run_vae"]
+    )
+    rows = pd.read_csv(tmp_path / "results" / "results.csv")
+    assert (
+        rows.protocol.str.endswith(
+            "pseudolabels=superpix2d deviations=bank_positions=sinusoidal,in_run_vae"
+        ).sum()
+        == 4
+    )
+    table = build(tmp_path / "results", tmp_path / "out")
+    assert len(table[(table.entry == "reproduced") & (table.organ == "mean")]) == 2
 
 
 @pytest.mark.parametrize(

@@ -246,6 +246,7 @@ def test_episodic_run_end_to_end(tmp_path, tiny_mri_root):
     for model in summary["models"]:
         info = model["method_info"]
         assert info["adaptation_mode"] == "episodic" and info["smoke_test_numbers_only"]
+        assert model["deviations"] == ["in_run_codec"]  # smoke keeps epsilon and the VAE-latent hint encoder
         assert set(info["adapters"]) == {f"organ_{o}" for o in model["organs"]}  # cached: one per organ
         for name in info["adapters"]:
             assert (out["dir"] / "adapters" / model["group"] / name / "adapter_model.safetensors").exists()

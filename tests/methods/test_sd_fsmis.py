@@ -17,7 +17,12 @@ from fsmis_bench.batch import EpisodeBatch
 from fsmis_bench.cli import main
 from fsmis_bench.config import instantiate
 from fsmis_bench.errors import ConfigError
-from fsmis_bench.methods.sd_fsmis.attention import BankAttnProcessor, SupportBank, install_bank
+from fsmis_bench.methods.sd_fsmis.attention import (
+    BankAttnProcessor,
+    SupportBank,
+    install_bank,
+    sinusoidal_positions,
+)
 from fsmis_bench.methods.sd_fsmis.lightning_module import SDFSMIS, dynamic_threshold_scores, largest_component
 from fsmis_bench.methods.sd_fsmis.model import SCHEDULER_CONFIG, EncodedEpisodes, one_step_x0
 from fsmis_bench.methods.sd_fsmis.query_enhancement import (
@@ -114,6 +119,69 @@ def test_bank_query_attends_over_its_own_and_its_episodes_support_tokens():
             weights = (q @ k.transpose(1, 2) / 2.0).softmax(-1)  # scale 1/sqrt(4)
             expected = attn.to_out[0]((weights @ v).transpose(0, 1).reshape(5, 8))
             assert torch.allclose(out[n], expected, atol=1e-5)
+
+
+def test_sinusoidal_positions_share_one_frame_across_levels():
+    fine, coarse = sinusoidal_positions(8, 8, 16), sinusoidal_positions(4, 4, 16)
+    assert fine.shape == (64, 16) and coarse.shape == (16, 16)
+    assert len({tuple(row.tolist()) for row in fine}) == 64  # every token has its own code
+    # relative coordinates: token (y, x) of the coarse grid lies between the fine tokens it covers
+    fine_grid, coarse_grid = fine.view(8, 8, 16), coarse.view(4, 4, 16)
+    nearest = ((fine_grid[:, :, None, None] - coarse_grid[None, None]) ** 2).sum(-1).flatten(2).argmin(-1)
+    assert nearest[2, 5] == 1 * 4 + 2 and nearest[7, 0] == 3 * 4 + 0
+    assert torch.equal(sinusoidal_positions(2, 2, 6)[:, 4:], torch.zeros(4, 2))  # padded channels
+
+
+def test_bank_positions_bias_keys_and_queries_but_not_values():
+    attn = Attention(query_dim=8, heads=2, dim_head=4)
+    bank = SupportBank()
+    bank.grid = (4, 4)
+    with_pos, plain = BankAttnProcessor(bank, "a", "sinusoidal"), BankAttnProcessor(bank, "a")
+    x = torch.randn(1, 16, 8)
+    with torch.no_grad():
+        attn.set_processor(plain)
+        reference = attn(x)
+        attn.set_processor(with_pos)
+        located = attn(x)
+        attn.to_q.weight.zero_()  # uniform attention: the output is the mean value, positions are moot
+        attn.set_processor(plain)
+        uniform_plain = attn(x)
+        attn.set_processor(with_pos)
+        uniform_located = attn(x)
+    assert not torch.allclose(reference, located, atol=1e-4)
+    assert torch.allclose(uniform_plain, uniform_located, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown bank positions"):
+        BankAttnProcessor(bank, "a", "learned")
+    bank.grid = None
+    with pytest.raises(RuntimeError, match="latent grid"):
+        attn(x)
+
+
+def test_bank_positions_match_query_to_support_by_place():
+    """With positions, a query token can find the support token at its own place even when contents agree."""
+    attn = Attention(query_dim=16, heads=1, dim_head=16)
+    with torch.no_grad():
+        for proj in (attn.to_q, attn.to_k):
+            proj.weight.copy_(10.0 * torch.eye(16))
+        attn.to_v.weight.copy_(torch.eye(16))
+        attn.to_out[0].weight.copy_(torch.eye(16))
+        attn.to_out[0].bias.zero_()
+    bank = SupportBank()
+    bank.grid = (4, 4)
+    attn.set_processor(BankAttnProcessor(bank, "a", "sinusoidal"))
+    support = torch.zeros(1, 16, 16)
+    support[0, 5, 0] = 1.0  # one marked support token, at place 5; contents otherwise equal everywhere
+    with torch.no_grad():
+        bank.write(shots=1)
+        attn(support)
+        bank.read(torch.tensor([0]))
+        out = attn(torch.zeros(1, 16, 16))[0, :, 0]
+    assert int(out.argmax()) == 5
+
+
+def test_deviations_name_the_non_paper_options():
+    assert tiny_module().deviations() == []
+    assert tiny_module(bank_positions="sinusoidal").deviations() == ["bank_positions=sinusoidal"]
 
 
 def _episodes(e: int, k: int, n: int, channels: int = 8, size: int = 8, ctx: int = 8) -> EncodedEpisodes:

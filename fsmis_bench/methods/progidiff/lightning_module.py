@@ -283,6 +283,19 @@ class ProGiDiff(FewShotSegmenter):
             return None
         return Path(logger.save_dir) / kind / str(logger.version)
 
+    def deviations(self) -> list[str]:
+        """Departures from the spec's recipe (methods.md §6.3): objective, hint encoder, in-run mask codec."""
+        found = []
+        prediction = (self.hparams.noise_scheduler or {}).get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            found.append(f"prediction_type={prediction}")
+        hint = (self.hparams.hint_encoder or {}).get("kind", "vae_latent")
+        if hint != "vae_latent":
+            found.append(f"hint_encoder={hint}")
+        if self.codec.pretrain_steps > 0:
+            found.append("in_run_codec")
+        return found
+
     def run_info(self) -> dict[str, Any]:
         """What produced the numbers: backbone source, codec, latent scale, adapters and their cost."""
         return {

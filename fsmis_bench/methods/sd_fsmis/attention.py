@@ -5,9 +5,17 @@ episode; the query pass concatenates its episode's support keys/values (all shot
 token axis: softmax(Q_q [K_q; K_s]ᵀ / √d) [V_q; V_s]. Batched: E episodes with K shots each are written in
 one support pass, and N query slices read their own episode's entries through ``query_episode``. The bank
 keeps the autograd graph, so gradients reach the support pass.
+
+``positions="sinusoidal"`` (a CPU-profile option, not in the paper) adds a fixed 2-D sinusoidal code of each
+token's relative grid position to the inputs of the key and query projections (not the values), in both
+passes, so attention can match query tokens to support tokens at the same anatomical place and not by content
+alone. Pretrained SD features carry such positional cues; a randomly initialised UNet does not.
 """
 
 from __future__ import annotations
+
+import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +24,28 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor
 
 MODES = ("off", "write", "read")
+POSITIONS = ("none", "sinusoidal")
+
+
+@lru_cache(maxsize=32)
+def sinusoidal_positions(height: int, width: int, channels: int) -> Tensor:
+    """[height·width, channels] code of each token's relative position (y in the first half, x in the second).
+
+    Coordinates are cell centres in [0, 1], so the grids of different UNet levels share one frame; each half
+    holds sin/cos pairs at frequencies π·2^i (i = 0, 1, ...), zero-padded when ``channels`` is not a multiple of 4.
+    """
+    pairs = channels // 4
+    freqs = math.pi * 2.0 ** torch.arange(pairs, dtype=torch.float32)
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+
+    def code(coords: Tensor) -> Tensor:
+        angles = coords[:, None] * freqs[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    grid_y, grid_x = code(ys)[:, None].expand(-1, width, -1), code(xs)[None].expand(height, -1, -1)
+    out = torch.cat([grid_y, grid_x], dim=-1).reshape(height * width, 4 * pairs)
+    return F.pad(out, (0, channels - 4 * pairs))
 
 
 class SupportBank:
@@ -25,6 +55,7 @@ class SupportBank:
         self.mode = "off"
         self.shots = 1
         self.query_episode: Tensor | None = None
+        self.grid: tuple[int, int] | None = None  # latent (height, width), for positional codes
         self.entries: dict[str, tuple[Tensor, Tensor]] = {}
 
     def write(self, shots: int) -> None:
@@ -60,9 +91,23 @@ class SupportBank:
 class BankAttnProcessor:
     """Self-attention with the support bank (scaled dot-product attention, no xformers)."""
 
-    def __init__(self, bank: SupportBank, name: str) -> None:
+    def __init__(self, bank: SupportBank, name: str, positions: str = "none") -> None:
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown bank positions '{positions}' (known: {', '.join(POSITIONS)})")
         self.bank = bank
         self.name = name
+        self.positions = positions
+
+    def _position_code(self, tokens: int, channels: int, like: Tensor) -> Tensor:
+        """The sinusoidal code of this layer's token grid, derived from the latent grid of the bank."""
+        if self.bank.grid is None:
+            raise RuntimeError(f"{self.name}: positional codes need the latent grid (SupportBank.grid)")
+        height, width = self.bank.grid
+        factor = math.isqrt((height * width) // tokens)
+        if factor < 1 or (height // factor) * (width // factor) != tokens:
+            raise RuntimeError(f"{self.name}: {tokens} tokens do not tile the {height}x{width} latent grid")
+        code = sinusoidal_positions(height // factor, width // factor, channels)
+        return code.to(device=like.device, dtype=like.dtype)
 
     def __call__(
         self,
@@ -90,8 +135,11 @@ class BankAttnProcessor:
         def heads(x: Tensor) -> Tensor:
             return x.view(batch, tokens, attn.heads, -1).transpose(1, 2)
 
-        query = heads(attn.to_q(hidden_states))
-        key = heads(attn.to_k(hidden_states))
+        located = hidden_states
+        if self.positions == "sinusoidal":
+            located = hidden_states + self._position_code(tokens, hidden_states.shape[-1], hidden_states)
+        query = heads(attn.to_q(located))
+        key = heads(attn.to_k(located))
         value = heads(attn.to_v(hidden_states))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
@@ -113,11 +161,13 @@ class BankAttnProcessor:
         return out / attn.rescale_output_factor
 
 
-def install_bank(unet: UNet2DConditionModel) -> SupportBank:
+def install_bank(unet: UNet2DConditionModel, positions: str = "none") -> SupportBank:
     """Give every ``attn1`` a bank processor (all sharing one bank); other layers get plain SDPA."""
     bank = SupportBank()
     processors = {
-        name: BankAttnProcessor(bank, name) if name.endswith("attn1.processor") else AttnProcessor2_0()
+        name: BankAttnProcessor(bank, name, positions)
+        if name.endswith("attn1.processor")
+        else AttnProcessor2_0()
         for name in unet.attn_processors
     }
     unet.set_attn_processor(processors)

@@ -79,6 +79,7 @@ class SDFSMIS(FewShotSegmenter):
         threshold_ratio: float = 0.25,
         keep_largest_component: bool = True,
         support_mode: str = "per_chunk",
+        bank_positions: str = "none",
         test_query_batch: int | None = 16,
         vtct_lr: float = 5e-5,
         optimizer: dict[str, Any] | None = None,
@@ -115,6 +116,7 @@ class SDFSMIS(FewShotSegmenter):
             use_qe=qe.get("enabled", True),
             qe_threshold=qe.get("threshold", 0.7),
             qe_topk_ratio=qe.get("topk_ratio", 0.1875),
+            bank_positions=bank_positions,
         )
         self.vae_pretraining = VaePretraining(**vae_pretraining) if vae_pretraining else None
         self.vae_record: dict[str, float] | None = None
@@ -191,10 +193,20 @@ class SDFSMIS(FewShotSegmenter):
             if k in keep or (self.vae_record is not None and k.startswith(prefix))
         }
 
+    def deviations(self) -> list[str]:
+        """CPU-profile departures from the official recipe (the label source is recorded on its own)."""
+        found = []
+        if self.hparams.bank_positions != "none":
+            found.append(f"bank_positions={self.hparams.bank_positions}")
+        if self.vae_pretraining is not None:
+            found.append("in_run_vae")
+        return found
+
     def run_info(self) -> dict[str, Any]:
         """Where each component's weights came from, the in-run VAE pre-training, the test support mode."""
         return {
             "weights": self.weights,
             "vae_pretraining": self.vae_record,
             "support_mode": self.support_mode,
+            "bank_positions": self.hparams.bank_positions,
         }

@@ -64,11 +64,12 @@ class SDFSMISNet(nn.Module):
         use_qe: bool = True,
         qe_threshold: float = 0.7,
         qe_topk_ratio: float = 0.1875,
+        bank_positions: str = "none",
     ) -> None:
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
         self.unet = unet
-        self.bank = install_bank(unet)
+        self.bank = install_bank(unet, bank_positions)
         self.vtct = vtct
         self.scheduler = DDIMScheduler.from_config({**SCHEDULER_CONFIG, **(scheduler_config or {})})
         alpha_bar = float(self.scheduler.alphas_cumprod[timestep])
@@ -143,6 +144,7 @@ class SDFSMISNet(nn.Module):
         n = encoded.query.shape[0]
         step = query_batch or n
         try:
+            self.bank.grid = tuple(encoded.query.shape[-2:])
             self.bank.write(encoded.shots)
             support_context = context.repeat_interleave(encoded.shots, dim=0)
             self.unet(encoded.support, self._t(encoded.support), support_context, branch="support")
