@@ -182,6 +182,8 @@ def test_bank_positions_match_query_to_support_by_place():
 def test_deviations_name_the_non_paper_options():
     assert tiny_module().deviations() == []
     assert tiny_module(bank_positions="sinusoidal").deviations() == ["bank_positions=sinusoidal"]
+    with pytest.raises(ConfigError, match="unknown bank_positions 'learned'"):
+        tiny_module(bank_positions="learned")
 
 
 def _episodes(e: int, k: int, n: int, channels: int = 8, size: int = 8, ctx: int = 8) -> EncodedEpisodes:

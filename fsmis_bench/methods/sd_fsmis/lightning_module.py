@@ -16,6 +16,7 @@ from torch import Tensor
 from fsmis_bench.batch import EpisodeBatch
 from fsmis_bench.errors import ConfigError
 from fsmis_bench.methods.base import FewShotSegmenter, MethodTraits
+from fsmis_bench.methods.sd_fsmis.attention import POSITIONS
 from fsmis_bench.methods.sd_fsmis.components import Source, load_component
 from fsmis_bench.methods.sd_fsmis.model import SDFSMISNet
 from fsmis_bench.methods.sd_fsmis.unet import widen_unet
@@ -95,6 +96,10 @@ class SDFSMIS(FewShotSegmenter):
         if support_mode not in SUPPORT_MODES:
             raise ConfigError(
                 f"sd_fsmis: unknown support_mode '{support_mode}' (known: {', '.join(SUPPORT_MODES)})"
+            )
+        if bank_positions not in POSITIONS:
+            raise ConfigError(
+                f"sd_fsmis: unknown bank_positions '{bank_positions}' (known: {', '.join(POSITIONS)})"
             )
         sources = {
             "vae": Source(pretrained_path, "vae", vae_config),
