@@ -111,6 +111,7 @@ def _sweep(args: argparse.Namespace) -> int:
         resume=args.resume,
         dry_run=args.dry_run,
         results=args.results,
+        only=args.only,
     )
 
 
@@ -191,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="skip jobs already ok with the same fingerprint")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan (job keys) and exit")
     sweep.add_argument("--results", default=None, help="results folder (default: the spec's, else results)")
+    sweep.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="run only the jobs whose run option NAME is one of the values (repeatable), e.g. method=dpl",
+    )
     sweep.set_defaults(func=_sweep)
 
     board = sub.add_parser("leaderboard", help="aggregate sweep results into leaderboard tables and plots")

@@ -153,3 +153,23 @@ def load_spec(path: str | Path) -> SweepSpec:
         devices=local.get("devices"),
         slurm=slurm,
     )
+
+
+def select_jobs(spec: SweepSpec, only: list[str]) -> SweepSpec:
+    """The spec restricted to jobs whose run options match every ``NAME=V1,V2`` filter (``--only``).
+
+    Lets part of a campaign be rerun, e.g. the methods whose code changed, from another checkout, under the same
+    job keys and results store.
+    """
+    jobs = spec.jobs
+    for item in only:
+        name, sep, raw = item.partition("=")
+        if not sep or not raw:
+            raise ConfigError(f"--only {item}: expected NAME=VALUE[,VALUE...]")
+        if name not in RUN_FIELDS:
+            raise ConfigError(f"--only {item}: unknown run option '{name}' (known: {', '.join(RUN_FIELDS)})")
+        wanted = set(raw.split(","))
+        jobs = [job for job in jobs if str(job.params.get(name)) in wanted]
+    if not jobs:
+        raise ConfigError(f"{spec.path}: no job matches --only {' '.join(only)}")
+    return dataclasses.replace(spec, jobs=jobs)

@@ -13,7 +13,7 @@ from pathlib import Path
 from fsmis_bench.runner.jobs import PlannedJob, planned_fingerprint
 from fsmis_bench.runner.local import parse_devices, run_local
 from fsmis_bench.runner.slurm import run_slurm
-from fsmis_bench.runner.spec import SweepSpec, load_spec
+from fsmis_bench.runner.spec import SweepSpec, load_spec, select_jobs
 from fsmis_bench.runner.store import ResultsStore
 from fsmis_bench.runner.sweep_log import SweepLog
 
@@ -50,9 +50,12 @@ def run_sweep(
     resume: bool = False,
     dry_run: bool = False,
     results: str | None = None,
+    only: list[str] | None = None,
 ) -> int:
-    """Run a sweep; returns 0 when every job ran ok (or was skipped), 1 when any job failed."""
+    """Run a sweep (or the part selected by ``only``); returns 0 when every job ran ok or was skipped, else 1."""
     spec = load_spec(spec_path)
+    if only:
+        spec = select_jobs(spec, only)
     results_dir = Path(results or spec.results or "results")
     slots = parse_devices(devices or spec.devices or "cpu:1") if backend == "local" else []
     store = ResultsStore(results_dir)

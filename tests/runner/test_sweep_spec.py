@@ -10,7 +10,7 @@ import yaml
 from fsmis_bench.cli import main
 from fsmis_bench.errors import ConfigError
 from fsmis_bench.runner.jobs import Job
-from fsmis_bench.runner.spec import expand_grid, load_spec
+from fsmis_bench.runner.spec import expand_grid, load_spec, select_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_SPEC = REPO / "benchmark" / "sweeps" / "smoke.yaml"
@@ -33,6 +33,21 @@ def test_grid_axes_at_any_depth_expand_in_document_order():
         ("a", 1), ("a", 2), ("b", 1), ("b", 2),
     ]  # fmt: skip
     assert section["method"] == {"grid": ["a", "b"]}  # the spec itself is left untouched
+
+
+def test_only_selects_part_of_a_campaign_under_the_same_keys(capsys):
+    spec = load_spec(REPO / "benchmark" / "sweeps" / "chaos_cpu.yaml")
+    part = select_jobs(spec, ["method=sd_fsmis,progidiff", "fold=0"])
+    assert [job.key for job in part.jobs] == [
+        f"{m}_abd_mri_s{s}_f0_k1_seed0_cpu" for s in (1, 2) for m in ("sd_fsmis", "progidiff")
+    ]
+    assert {job.key for job in part.jobs} <= {job.key for job in spec.jobs}
+    for bad, message in [("method", "expected NAME=VALUE"), ("colour=red", "unknown run option 'colour'"),
+                         ("method=nope", "no job matches")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            select_jobs(spec, [bad])
+    assert main(["sweep", str(SMOKE_SPEC), "--dry-run", "--only", "method=panet", "--only", "fold=1"]) == 0
+    assert "1 jobs, 1 to run" in capsys.readouterr().out
 
 
 def test_smoke_spec_is_two_methods_by_two_folds():
