@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsmis_bench.config import load_yaml
+from fsmis_bench.config import load_yaml, parse_yaml
 from fsmis_bench.errors import ConfigError
 from fsmis_bench.runner.experiment import RunRequest
 from fsmis_bench.runner.jobs import Job
@@ -166,10 +166,17 @@ def select_jobs(spec: SweepSpec, only: list[str]) -> SweepSpec:
         name, sep, raw = item.partition("=")
         if not sep or not raw:
             raise ConfigError(f"--only {item}: expected NAME=VALUE[,VALUE...]")
-        if name not in RUN_FIELDS:
-            raise ConfigError(f"--only {item}: unknown run option '{name}' (known: {', '.join(RUN_FIELDS)})")
-        wanted = set(raw.split(","))
-        jobs = [job for job in jobs if str(job.params.get(name)) in wanted]
-    if not jobs:
-        raise ConfigError(f"{spec.path}: no job matches --only {' '.join(only)}")
+        if name not in RUN_FIELDS or name == "overrides":
+            known = ", ".join(f for f in RUN_FIELDS if f != "overrides")
+            raise ConfigError(f"--only {item}: unknown run option '{name}' (known: {known})")
+        wanted = {parse_yaml(value.strip()) for value in raw.split(",")}
+        values = [getattr(job.request("."), name) for job in jobs]  # the spec's value, else the run default
+        missing = wanted - set(values)
+        if missing:
+            present = ", ".join(sorted({str(v) for v in values}))
+            raise ConfigError(
+                f"{spec.path}: --only {item}: no job has {name} = {', '.join(map(str, missing))} "
+                f"(present: {present})"
+            )
+        jobs = [job for job, value in zip(jobs, values) if value in wanted]
     return dataclasses.replace(spec, jobs=jobs)

@@ -157,6 +157,18 @@ def test_bank_positions_bias_keys_and_queries_but_not_values():
         attn(x)
 
 
+@pytest.mark.parametrize(
+    ("grid", "tokens", "level"), [((8, 8), 16, (4, 4)), ((8, 4), 8, (4, 2)), ((13, 13), 16, (4, 4))]
+)
+def test_position_codes_follow_the_unet_levels_of_any_latent_grid(grid, tokens, level):
+    bank = SupportBank()
+    bank.grid = grid
+    code = BankAttnProcessor(bank, "a", "sinusoidal")._position_code(tokens, 8, torch.zeros(1))
+    assert torch.equal(code, sinusoidal_positions(*level, 8))
+    with pytest.raises(RuntimeError, match="no level of the"):
+        BankAttnProcessor(bank, "a", "sinusoidal")._position_code(tokens + 1, 8, torch.zeros(1))
+
+
 def test_bank_positions_match_query_to_support_by_place():
     """With positions, a query token can find the support token at its own place even when contents agree."""
     attn = Attention(query_dim=16, heads=1, dim_head=16)

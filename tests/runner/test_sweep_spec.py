@@ -42,8 +42,12 @@ def test_only_selects_part_of_a_campaign_under_the_same_keys(capsys):
         f"{m}_abd_mri_s{s}_f0_k1_seed0_cpu" for s in (1, 2) for m in ("sd_fsmis", "progidiff")
     ]
     assert {job.key for job in part.jobs} <= {job.key for job in spec.jobs}
+    assert len(select_jobs(spec, ["method=sd_fsmis, progidiff", "shots=1"]).jobs) == 20  # spaces; a default
+    cross = load_spec(REPO / "benchmark" / "sweeps" / "cross_synthetic.yaml")
+    assert len(select_jobs(cross, ["setting=1"]).jobs) == len(cross.jobs)  # absent from the spec: its default
     for bad, message in [("method", "expected NAME=VALUE"), ("colour=red", "unknown run option 'colour'"),
-                         ("method=nope", "no job matches")]:  # fmt: skip
+                         ("overrides=[]", "unknown run option 'overrides'"),
+                         ("method=sd_fsmis,typo", "no job has method = typo \\(present: alpnet, ")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             select_jobs(spec, [bad])
     assert main(["sweep", str(SMOKE_SPEC), "--dry-run", "--only", "method=panet", "--only", "fold=1"]) == 0

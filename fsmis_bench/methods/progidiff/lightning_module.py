@@ -286,10 +286,10 @@ class ProGiDiff(FewShotSegmenter):
     def deviations(self) -> list[str]:
         """Departures from the spec's recipe (methods.md §6.3): objective, hint encoder, in-run mask codec."""
         found = []
-        prediction = (self.hparams.noise_scheduler or {}).get("prediction_type", "epsilon")
+        prediction = self.model.noise_scheduler.config.prediction_type
         if prediction != "epsilon":
             found.append(f"prediction_type={prediction}")
-        hint = (self.hparams.hint_encoder or {}).get("kind", "vae_latent")
+        hint = self.model.controlnet.controlnet_cond_embedding.kind
         if hint != "vae_latent":
             found.append(f"hint_encoder={hint}")
         if self.codec.pretrain_steps > 0:

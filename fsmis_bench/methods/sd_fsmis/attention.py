@@ -103,10 +103,13 @@ class BankAttnProcessor:
         if self.bank.grid is None:
             raise RuntimeError(f"{self.name}: positional codes need the latent grid (SupportBank.grid)")
         height, width = self.bank.grid
-        factor = math.isqrt((height * width) // tokens)
-        if factor < 1 or (height // factor) * (width // factor) != tokens:
-            raise RuntimeError(f"{self.name}: {tokens} tokens do not tile the {height}x{width} latent grid")
-        code = sinusoidal_positions(height // factor, width // factor, channels)
+        while height * width > tokens:  # each UNet level halves the grid, rounding up (stride-2 convolutions)
+            height, width = -(-height // 2), -(-width // 2)
+        if height * width != tokens:
+            raise RuntimeError(
+                f"{self.name}: bank_positions: {tokens} tokens are no level of the {self.bank.grid} latent grid"
+            )
+        code = sinusoidal_positions(height, width, channels)
         return code.to(device=like.device, dtype=like.dtype)
 
     def __call__(
