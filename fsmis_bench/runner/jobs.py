@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -161,14 +162,29 @@ def run_job(job: Job, results: str, accelerator: str | None = None, threads: int
     return job.key
 
 
+def pin_to_cpus(cpus: set[int]) -> None:
+    """Restrict every thread of this process to ``cpus`` (imports have already started some); threads started
+    later (OpenMP, torch) inherit the mask. No-op where affinity masks do not exist."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    tasks = Path("/proc/self/task")
+    for thread_id in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
+        os.sched_setaffinity(thread_id, cpus)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fsmis_bench.runner.jobs", description=run_job.__doc__)
     parser.add_argument("--results", required=True, help="results folder (store, runs)")
     parser.add_argument("--job", required=True, help="the job's run options, as JSON")
     parser.add_argument("--accelerator", default=None)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cpus", default=None, help="cores to pin the job to, e.g. 0,1; one thread per core")
     args = parser.parse_args(argv)
-    key = run_job(Job(json.loads(args.job)), args.results, args.accelerator, args.threads)
+    threads = None
+    if args.cpus:
+        cpus = {int(part) for part in args.cpus.split(",")}
+        pin_to_cpus(cpus)
+        threads = len(cpus)
+    key = run_job(Job(json.loads(args.job)), args.results, args.accelerator, threads)
     print(f"recorded {key} in {Path(args.results) / 'results.csv'}")
     return 0
 

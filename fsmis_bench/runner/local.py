@@ -1,8 +1,10 @@
 """Local backend: one worker per device slot; every job is a subprocess pinned to its slot, with its own log.
 
 ``--devices 0,1`` gives one slot per GPU (``CUDA_VISIBLE_DEVICES`` set to that id); ``--devices cpu:N`` gives N
-CPU-only slots. Either way the available CPU cores are split evenly between the slots (``OMP_NUM_THREADS`` and
-torch threads), so concurrent jobs do not oversubscribe the machine.
+CPU-only slots. Either way the CPU cores this process may use (its affinity mask) are split into disjoint sets,
+one per slot: each job is pinned to its set and runs that many threads (``OMP_NUM_THREADS`` and torch threads),
+so concurrent jobs do not oversubscribe the machine. Two sweeps on one machine must not see the same cores:
+start each under ``taskset -c`` with its own cores.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ class Slot:
 
     name: str
     gpu: str | None
-    threads: int
+    cpus: tuple[int, ...]
+
+    @property
+    def threads(self) -> int:
+        return len(self.cpus)
 
     def env(self) -> dict[str, str]:
         threads = str(self.threads)
@@ -39,8 +45,20 @@ class Slot:
         }
 
 
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def available_cpus() -> list[int]:
+    """The cores this process may run on (all cores where affinity masks do not exist)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def split_cpus(cpus: list[int], count: int) -> list[tuple[int, ...]]:
+    """``count`` disjoint, equally sized sets of ``cpus`` (leftover cores unused); with more slots than cores,
+    slots share single cores round-robin."""
+    size = len(cpus) // count
+    if size == 0:
+        return [(cpus[i % len(cpus)],) for i in range(count)]
+    return [tuple(cpus[i * size : (i + 1) * size]) for i in range(count)]
 
 
 def parse_devices(text: str) -> list[Slot]:
@@ -56,8 +74,8 @@ def parse_devices(text: str) -> list[Slot]:
         if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
             raise ConfigError(f"--devices {text}: expected distinct GPU ids like 0,1 or CPU slots like cpu:2")
         slots = [(f"cuda:{gpu}", gpu) for gpu in ids]
-    threads = max(1, available_cpus() // len(slots))
-    return [Slot(name, gpu, threads) for name, gpu in slots]
+    cpu_sets = split_cpus(available_cpus(), len(slots))
+    return [Slot(name, gpu, cpus) for (name, gpu), cpus in zip(slots, cpu_sets, strict=True)]
 
 
 def _run_one(planned: PlannedJob, results: Path, log: SweepLog, free: Queue[Slot]) -> Outcome:
@@ -66,7 +84,7 @@ def _run_one(planned: PlannedJob, results: Path, log: SweepLog, free: Queue[Slot
         job = planned.job
         log_path = results / "logs" / f"{job.key}.log"
         command = [sys.executable, "-m", "fsmis_bench.runner.jobs", "--results", str(results)]
-        command += ["--job", job.to_json(), "--threads", str(slot.threads)]
+        command += ["--job", job.to_json(), "--cpus", ",".join(map(str, slot.cpus))]
         if slot.gpu is None:
             command += ["--accelerator", "cpu"]
         log.start(planned, f"{slot.name} (log {log_path})")

@@ -28,16 +28,57 @@ def assert_rows_exactly_once(results: Path, keys: set[str]) -> list[dict]:
     return rows
 
 
-def test_devices_give_slots_with_a_fair_thread_split(monkeypatch):
+def test_devices_give_slots_disjoint_cores_and_a_thread_per_core(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     gpus = parse_devices("0,2")
-    assert [(s.name, s.env()["CUDA_VISIBLE_DEVICES"], s.threads) for s in gpus] == [
-        ("cuda:0", "0", 4),
-        ("cuda:2", "2", 4),
+    assert [(s.name, s.env()["CUDA_VISIBLE_DEVICES"], s.cpus) for s in gpus] == [
+        ("cuda:0", "0", (0, 1, 2, 3)),
+        ("cuda:2", "2", (4, 5, 6, 7)),
     ]
     cpus = parse_devices("cpu:4")
-    assert [s.name for s in cpus] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
+    assert [(s.name, s.cpus) for s in cpus] == [
+        ("cpu:0", (0, 1)),
+        ("cpu:1", (2, 3)),
+        ("cpu:2", (4, 5)),
+        ("cpu:3", (6, 7)),
+    ]
     assert cpus[0].env() == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    # the cores a `taskset -c 2,5,6` sweep may use, split; more slots than cores share them one each
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {6, 2, 5}, raising=False)
+    assert [s.cpus for s in parse_devices("cpu:1")] == [(2, 5, 6)]
+    assert [s.cpus for s in parse_devices("cpu:4")] == [(2,), (5,), (6,), (2,)]
+
+
+def test_a_job_runs_pinned_to_its_slot_cores(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 1)
+    )
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    planned = PlannedJob(1, Job({"method": "panet", "fold": 0}), "h@c")
+    run_local(
+        [planned], tmp_path, SweepLog(tmp_path / "logs" / "sweep.log", total=1), parse_devices("cpu:2")[1:]
+    )
+    [command] = commands
+    assert command[command.index("--cpus") + 1] == "2,3"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity masks on this platform")
+def test_pinning_holds_for_threads_started_before_and_after():
+    core = max(
+        os.sched_getaffinity(0)
+    )  # under plain pytest a strict subset of the cores on a multi-core machine
+    script = (
+        "import os, torch; from fsmis_bench.runner.jobs import pin_to_cpus  # imports start threads\n"
+        f"pin_to_cpus({{{core}}}); torch.set_num_threads(2); torch.ones(512, 512) @ torch.ones(512, 512)\n"
+        "tasks = os.listdir('/proc/self/task')\n"
+        "print(len(tasks), sorted({frozenset(os.sched_getaffinity(int(t))) for t in tasks}, key=sorted))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # with more than one, importing torch starts OpenMP threads
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
+    assert output.stdout.split(" ", 1)[1].strip() == f"[frozenset({{{core}}})]"
 
 
 def test_smoke_sweep_on_two_cpu_slots_then_leaderboard(smoke_results, tmp_path):
