@@ -85,7 +85,7 @@ class PlannedJob:
 @dataclass(frozen=True)
 class Outcome:
     key: str
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed" or "skipped" (another sweep ran or runs it)
     seconds: float
     where: str  # device slot or scheduler job id
     error: str = ""

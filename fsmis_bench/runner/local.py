@@ -19,6 +19,7 @@ from pathlib import Path
 from queue import Queue
 
 from fsmis_bench.errors import ConfigError
+from fsmis_bench.runner.claims import JobClaims
 from fsmis_bench.runner.jobs import Outcome, PlannedJob, failed_row
 from fsmis_bench.runner.store import ResultsStore
 from fsmis_bench.runner.sweep_log import SweepLog, tail
@@ -78,47 +79,69 @@ def parse_devices(text: str) -> list[Slot]:
     return [Slot(name, gpu, cpus) for (name, gpu), cpus in zip(slots, cpu_sets, strict=True)]
 
 
-def _run_one(planned: PlannedJob, results: Path, log: SweepLog, free: Queue[Slot]) -> Outcome:
+def _run_one(
+    planned: PlannedJob, results: Path, log: SweepLog, free: Queue[Slot], claims: JobClaims
+) -> Outcome:
     slot = free.get()
     try:
-        job = planned.job
-        log_path = results / "logs" / f"{job.key}.log"
-        command = [sys.executable, "-m", "fsmis_bench.runner.jobs", "--results", str(results)]
-        command += ["--job", job.to_json(), "--cpus", ",".join(map(str, slot.cpus))]
-        if slot.gpu is None:
-            command += ["--accelerator", "cpu"]
-        log.start(planned, f"{slot.name} (log {log_path})")
-        started = time.monotonic()
-        with log_path.open("w") as handle:
-            code = subprocess.run(
-                command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **slot.env()}
-            ).returncode
-        seconds = time.monotonic() - started
-        rows = [r for r in ResultsStore(results).rows() if r["key"] == job.key and r["status"] == "ok"]
-        if code == 0 and rows:
-            mean = sum(float(r["dice"]) for r in rows) / len(rows)
-            outcome = Outcome(job.key, "ok", seconds, slot.name)
-            log.finish(planned, outcome, f"mean Dice {100 * mean:.2f}")
+        busy = claims.acquire(planned.job.key, planned.fingerprint)
+        if busy:
+            outcome = Outcome(planned.job.key, "skipped", 0.0, slot.name, busy)
+            log.finish(planned, outcome)
             return outcome
-        error = tail(log_path.read_text(errors="replace")) or f"exit status {code}"
-        if code == 0:
-            error = f"exited 0 without recording a result: {error}"
-        ResultsStore(results).record(job.key, [failed_row(planned, error, seconds)])
-        outcome = Outcome(job.key, "failed", seconds, slot.name, error)
-        log.finish(planned, outcome)
-        return outcome
+        try:
+            return _run_subprocess(planned, results, log, slot)
+        finally:
+            claims.release(planned.job.key)
     finally:
         free.put(slot)
 
 
-def run_local(planned: list[PlannedJob], results: Path, log: SweepLog, slots: list[Slot]) -> list[Outcome]:
-    """Run the jobs on the slots, at most one per slot at a time; a failed job does not stop the others."""
+def _run_subprocess(planned: PlannedJob, results: Path, log: SweepLog, slot: Slot) -> Outcome:
+    """Run the job in a subprocess on ``slot``; record a failed row if it did not record its own."""
+    job = planned.job
+    log_path = results / "logs" / f"{job.key}.log"
+    command = [sys.executable, "-m", "fsmis_bench.runner.jobs", "--results", str(results)]
+    command += ["--job", job.to_json(), "--cpus", ",".join(map(str, slot.cpus))]
+    if slot.gpu is None:
+        command += ["--accelerator", "cpu"]
+    log.start(planned, f"{slot.name} (log {log_path})")
+    started = time.monotonic()
+    with log_path.open("w") as handle:
+        code = subprocess.run(
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **slot.env()}
+        ).returncode
+    seconds = time.monotonic() - started
+    rows = [r for r in ResultsStore(results).rows() if r["key"] == job.key and r["status"] == "ok"]
+    if code == 0 and rows:
+        mean = sum(float(r["dice"]) for r in rows) / len(rows)
+        outcome = Outcome(job.key, "ok", seconds, slot.name)
+        log.finish(planned, outcome, f"mean Dice {100 * mean:.2f}")
+        return outcome
+    error = tail(log_path.read_text(errors="replace")) or f"exit status {code}"
+    if code == 0:
+        error = f"exited 0 without recording a result: {error}"
+    ResultsStore(results).record(job.key, [failed_row(planned, error, seconds)])
+    outcome = Outcome(job.key, "failed", seconds, slot.name, error)
+    log.finish(planned, outcome)
+    return outcome
+
+
+def run_local(
+    planned: list[PlannedJob], results: Path, log: SweepLog, slots: list[Slot], resume: bool = False
+) -> list[Outcome]:
+    """Run the jobs on the slots, at most one per slot at a time; a failed job does not stop the others.
+
+    Each job is claimed first (claims.py): one another live sweep runs, or (``resume``) that became ok since
+    the plan, is skipped.
+    """
     (results / "logs").mkdir(parents=True, exist_ok=True)
+    claims = JobClaims(ResultsStore(results), resume)
     free: Queue[Slot] = Queue()
     for slot in slots:
         free.put(slot)
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        futures = [pool.submit(_run_one, p, results, log, free) for p in planned]
+        futures = [pool.submit(_run_one, p, results, log, free, claims) for p in planned]
         try:
             return [future.result() for future in futures]
         except KeyboardInterrupt:  # Ctrl-C also reached the running jobs; start no new ones

@@ -48,7 +48,7 @@ class ResultsStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.path = self.root / STORE_FILE
-        self._lock = FileLock(str(self.path) + ".lock")
+        self.lock = FileLock(str(self.path) + ".lock")  # also held by job claims (claims.py)
 
     def record(self, key: str, rows: list[dict[str, Any]]) -> None:
         """Replace the rows of job ``key`` by ``rows`` (all or nothing)."""
@@ -56,7 +56,7 @@ class ResultsStore:
         if bad or any(row.get("key") != key for row in rows):
             raise ValueError(f"rows of {key}: unknown columns {sorted(bad)} or another job's key")
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock:
+        with self.lock:
             kept = [row for row in self.rows() if row["key"] != key]
             new = [{column: _cell(row.get(column)) for column in COLUMNS} for row in rows]
             self._replace(sorted(kept + new, key=_order))

@@ -75,8 +75,8 @@ def run_sweep(
     if not planned:
         outcomes = []
     elif backend == "local":
-        outcomes = run_local(planned, results_dir, log, slots)
+        outcomes = run_local(planned, results_dir, log, slots, resume)
     else:
         outcomes = run_slurm(planned, results_dir, log, spec.name, spec.slurm)
     log.summary(outcomes, skipped, time.monotonic() - started)
-    return 1 if any(o.status != "ok" for o in outcomes) else 0
+    return 1 if any(o.status == "failed" for o in outcomes) else 0

@@ -35,7 +35,7 @@ class SweepLog:
         self.line("START", f"[{planned.index}/{self.total}] {planned.job.key} on {where}")
 
     def finish(self, planned: PlannedJob, outcome: Outcome, detail: str = "") -> None:
-        event = "DONE" if outcome.status == "ok" else "FAILED"
+        event = {"ok": "DONE", "skipped": "SKIP"}.get(outcome.status, "FAILED")
         text = f"[{planned.index}/{self.total}] {outcome.key} ({outcome.seconds:.1f} s on {outcome.where})"
         if outcome.error:
             text += f": {outcome.error}"
@@ -43,11 +43,13 @@ class SweepLog:
 
     def summary(self, outcomes: list[Outcome], skipped: int, seconds: float) -> None:
         ok = sum(o.status == "ok" for o in outcomes)
-        failed = [o for o in outcomes if o.status != "ok"]
+        failed = [o for o in outcomes if o.status == "failed"]
+        elsewhere = len(outcomes) - ok - len(failed)
         self.line(
             "SUMMARY",
-            f"{len(outcomes)} run: {ok} ok, {len(failed)} failed; {skipped} skipped (already ok); "
-            f"{seconds:.0f} s wall",
+            f"{ok + len(failed)} run: {ok} ok, {len(failed)} failed; {skipped} skipped (already ok)"
+            + (f", {elsewhere} left to other sweeps" if elsewhere else "")
+            + f"; {seconds:.0f} s wall",
         )
         for outcome in failed:
             self.line("FAILED", f"{outcome.key}: {outcome.error}")
