@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from fsmis_bench.errors import ConfigError
 
@@ -77,7 +77,6 @@ class DatasetSpec:
     synthetic: bool = False
     description: str = ""
     reference_data_hint: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def organ_label(self) -> dict[str, int]:
@@ -117,28 +116,21 @@ ABD_MRI = DatasetSpec(
     description="CHAOS T2-SPIR MRI, 20 labelled patients (SSL-ALPNet preprocessing)",
     reference_data_hint="<root>/CHAOST2/chaos_MR_T2_normalized",
 )
-SYNTHETIC_CT = DatasetSpec(
+#: The synthetic datasets mirror their real counterparts (layout, label ids, scans, normalisation, body mask), so
+#: every pipeline path a real run takes is exercised without a download.
+SYNTHETIC_CT = replace(
+    ABD_CT,
     name="synthetic_ct",
-    modality="ct",
-    layout="SABS/sabs_CT_normalized",
-    label_names=SYNAPSE_LABEL_NAMES,
-    scan_ids=tuple(range(30)),
-    default_normalisation="fold_zscore",
-    crop_256=True,
-    body_threshold=1e-4,
     synthetic=True,
     description="seeded CT-like abdominal phantoms in the abd_ct layout and label ids (no download)",
+    reference_data_hint="",
 )
-SYNTHETIC_MRI = DatasetSpec(
+SYNTHETIC_MRI = replace(
+    ABD_MRI,
     name="synthetic_mri",
-    modality="mri",
-    layout="CHAOST2/chaos_MR_T2_normalized",
-    label_names=CHAOS_LABEL_NAMES,
-    scan_ids=CHAOS_PATIENT_IDS,
-    default_normalisation="volume_zscore",
-    body_threshold=50 + 1e-4,
     synthetic=True,
     description="seeded T2-SPIR-like abdominal phantoms in the abd_mri layout and label ids (no download)",
+    reference_data_hint="",
 )
 
 DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (SYNTHETIC_MRI, SYNTHETIC_CT, ABD_MRI, ABD_CT)}
