@@ -23,7 +23,8 @@ TABLE_KEYS = ("dataset", "source_dataset", "setting", "shots")
 ENTRY_KEYS = ("method", "protocol")
 COLUMNS = (
     "dataset", "source_dataset", "setting", "shots", "entry", "method", "suite_method", "protocol", "organ", "dice", "dice_std",
-    "hd95", "n_folds", "n_seeds", "n_cases", "profile", "budget", "fingerprint", "evidence_level", "source",
+    "hd95", "n_folds", "n_seeds", "n_cases", "profile", "budget", "job_minutes", "fingerprint", "evidence_level",
+    "source",
 )  # fmt: skip
 ENTRY_RANK = {"reproduced": 0, "reference": 0, "published": 1}
 ORGAN_RANK = {organ: rank for rank, organ in enumerate((*ORGANS, "mean"))}
@@ -47,7 +48,7 @@ def load_results(results_dirs: str | Sequence[str]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for column in ("fold", "shots", "seed", "valid_cases"):  # setting stays a string: 1, 2 or cross
         frame[column] = frame[column].astype(int)
-    for column in ("dice", "hd95"):
+    for column in ("dice", "hd95", "seconds"):
         frame[column] = frame[column].astype(float)
     frame["reference"] = frame["reference"] == "true"
     return frame
@@ -104,6 +105,8 @@ def reproduced_entries(frame: pd.DataFrame, allow_mixed: bool = False) -> list[d
             "protocol": protocol,
             "n_folds": rows["fold"].nunique(),
             "n_seeds": rows["seed"].nunique(),
+            # the budget as spent: mean wall time of the entry's jobs (training and testing every model)
+            "job_minutes": rows.drop_duplicates("key")["seconds"].mean() / 60,
             **{c: "+".join(sorted(rows[c].unique())) for c in ("profile", "budget", "fingerprint")},
         }
         for organ in (*ORGANS, "mean"):

@@ -24,7 +24,9 @@ One table per (dataset, setting, shots): 1-way K-shot Dice in %, per organ and t
 * **reproduced**: run with fsmis-bench. Dice per query volume, NaN-skipping mean per fold, mean over folds,
   then averaged over seeds (protocol §7.1); `±` is the sample standard deviation over folds (averaged over
   seeds). HD95 in mm, same aggregation. Every reproduced number carries its protocol variant (`P1`, ... below
-  each table), its profile, training budget and fingerprint (config hash @ code version).
+  each table), its profile, training budget (steps, batch, models per job) and the minutes a job took (mean
+  wall time over the entry's jobs: training and testing every model), and its fingerprint (config hash @ code
+  version).
 * **reference**: floors that learn nothing (copy the support mask, intensity band); a method must beat them.
 * **published**: copied from [`published.csv`](published.csv) (itself taken from
   `../shared/reference/published_results.csv`), with the paper's protocol lineage and evidence level
@@ -77,10 +79,10 @@ def markdown_table(name: str, title: str, rows: list[dict[str, Any]]) -> str:
     """The Markdown section of one table: wide rows (organs as columns) and the protocol-variant legend."""
     variants = list(dict.fromkeys(r["protocol"] for r in rows if r["entry"] != "published"))
     label = {variant: f"P{i + 1}" for i, variant in enumerate(variants)}
-    head = ["entry", "method", *ORGAN_HEADERS, "HD95 Mean", "folds×seeds", "profile", "budget", "protocol"]
+    head = ["entry", "method", *ORGAN_HEADERS, "HD95 Mean", "folds×seeds", "profile", "budget", "min/job"]
     lines = [
-        f"| {' | '.join([*head, 'fingerprint / source'])} |",
-        f"|{'---|' * 2}{'---:|' * 7}{'---|' * 4}",
+        f"| {' | '.join([*head, 'protocol', 'fingerprint / source'])} |",
+        f"|{'---|' * 2}{'---:|' * 7}{'---|' * 2}---:|{'---|' * 2}",
     ]
     for entry in entry_groups(rows):
         by_organ = {r["organ"]: r for r in entry}
@@ -93,7 +95,7 @@ def markdown_table(name: str, title: str, rows: list[dict[str, Any]]) -> str:
                 text += f" ± {_cell(r['dice_std'])}"
             dice.append(text)
         if first["entry"] == "published":
-            extra = ["", "", "", "", first["protocol"], f"{first['evidence_level']}: {first['source']}"]
+            extra = ["", "", "", "", "", first["protocol"], f"{first['evidence_level']}: {first['source']}"]
         else:
             mean = by_organ["mean"]
             extra = [
@@ -101,6 +103,7 @@ def markdown_table(name: str, title: str, rows: list[dict[str, Any]]) -> str:
                 f"{first['n_folds']}×{first['n_seeds']}",
                 first["profile"],
                 first["budget"],
+                f"{first['job_minutes']:.1f}",
                 label[first["protocol"]],
                 f"`{first['fingerprint']}`",
             ]

@@ -27,13 +27,13 @@ PROTOCOL = {
 def record(store: ResultsStore, method: str, fold: int, dice: list[float], *, seed: int = 0, setting: int = 1,
            dataset: str = "abd_mri", profile: str = "cpu", config: str = "cfg", reference: bool = False,
            protocol: dict | None = None, source: str | None = None,
-           deviations: list[str] | None = None) -> None:  # fmt: skip
+           deviations: list[str] | None = None, seconds: float = 1.0) -> None:  # fmt: skip
     """A finished run as execute_run would describe it, recorded as the sweep's job function does."""
     mean = sum(dice) / 4
     summary = {
         "method": method, "dataset": dataset, "setting": "cross" if source else setting, "source_dataset": source,
         "fold": fold, "shots": 1, "seed": seed,
-        "profile": profile, "reference_method": reference, "seconds": 1.0,
+        "profile": profile, "reference_method": reference, "seconds": seconds,
         "dice": {**dict(zip(ORGANS, dice)), "mean": mean},
         "hd95": {**{o: 10.0 * (fold + 1) for o in ORGANS}, "mean": 10.0 * (fold + 1)},
         "valid_cases": dict.fromkeys(ORGANS, 4),
@@ -75,6 +75,16 @@ def test_folds_then_seeds_then_organs(tmp_path):
     assert (mine["n_folds"] == 2).all() and (mine["n_seeds"] == 2).all()
     assert mine.loc["liver", "n_cases"] == 16 and mine.loc["mean", "n_cases"] == 64
     assert set(mine["fingerprint"]) == {"cfg@abc"} and set(mine["budget"]) == {"max_steps=100"}
+
+
+def test_minutes_per_job_is_the_mean_job_wall_time(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    record(store, "alpnet", 0, [0.7] * 4, seconds=300.0)
+    record(store, "alpnet", 1, [0.7] * 4, seconds=900.0)  # 4 organ rows per job count once
+    table = build(tmp_path / "results", tmp_path / "out")
+    assert set(table.loc[table.entry == "reproduced", "job_minutes"]) == {10.0}
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "| cpu | max_steps=100 | 10.0 | P1 |" in readme
 
 
 def test_published_counterparts_sit_beside_and_floors_come_last(tmp_path):
