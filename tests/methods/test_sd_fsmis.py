@@ -88,11 +88,18 @@ def test_widened_unet_config_round_trips(tmp_path):
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = SupportQueryUNet.from_pretrained(tmp_path, local_files_only=True, use_safetensors=True)
     assert loaded.config.in_channels == 8
+    saved, restored = widened.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys() and all(torch.equal(saved[k], restored[k]) for k in saved)
     x, ctx = torch.randn(1, 8, 8, 8), torch.randn(1, 1, 8)
     with torch.no_grad():
         for branch in ("query", "support"):
-            assert torch.equal(
-                loaded(x, 1, ctx, branch=branch).sample, widened(x, 1, ctx, branch=branch).sample
+            # same weights bit for bit; the outputs only to rounding, since CPU kernels may take another path
+            # for the tensors safetensors loads (seen: 8e-7 with diffusers 0.42, torch 2.13; copies of them: 0)
+            torch.testing.assert_close(
+                loaded(x, 1, ctx, branch=branch).sample,
+                widened(x, 1, ctx, branch=branch).sample,
+                rtol=1e-5,
+                atol=1e-5,
             )
     assert not torch.equal(loaded(x, 1, ctx).sample, loaded(x, 1, ctx, branch="support").sample)
 
