@@ -187,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run a grid of jobs on local devices or SLURM, with resume")
     sweep.add_argument("spec", help="sweep YAML, e.g. benchmark/sweeps/smoke.yaml")
-    sweep.add_argument("--devices", default=None, help="local slots: GPU ids '0,1' or CPU slots 'cpu:2'")
+    sweep.add_argument(
+        "--devices",
+        default=None,
+        help="local slots: GPU ids '0,1', CPU slots 'cpu:2', or 'cpu:2x1' (2 slots of exactly 1 core)",
+    )
     sweep.add_argument("--backend", choices=("local", "slurm"), default="local")
     sweep.add_argument("--resume", action="store_true", help="skip jobs already ok with the same fingerprint")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan (job keys) and exit")

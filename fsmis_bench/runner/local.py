@@ -3,7 +3,9 @@
 ``--devices 0,1`` gives one slot per GPU (``CUDA_VISIBLE_DEVICES`` set to that id); ``--devices cpu:N`` gives N
 CPU-only slots. Either way the CPU cores this process may use (its affinity mask) are split into disjoint sets,
 one per slot: each job is pinned to its set and runs that many threads (``OMP_NUM_THREADS`` and torch threads),
-so concurrent jobs do not oversubscribe the machine. Two sweeps on one machine must not see the same cores:
+so concurrent jobs do not oversubscribe the machine. ``cpu:NxT`` gives N slots of exactly T cores each, whatever
+the machine has: a job's numbers depend on its thread count (float reductions), so a sweep whose Dice must be
+reproduced elsewhere (the CI regression) fixes it. Two sweeps on one machine must not see the same cores:
 start each under ``taskset -c`` with its own cores.
 """
 
@@ -53,29 +55,31 @@ def available_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def split_cpus(cpus: list[int], count: int) -> list[tuple[int, ...]]:
-    """``count`` disjoint, equally sized sets of ``cpus`` (leftover cores unused); with more slots than cores,
-    slots share single cores round-robin."""
-    size = len(cpus) // count
-    if size == 0:
-        return [(cpus[i % len(cpus)],) for i in range(count)]
-    return [tuple(cpus[i * size : (i + 1) * size]) for i in range(count)]
+def split_cpus(cpus: list[int], count: int, size: int | None = None) -> list[tuple[int, ...]]:
+    """``count`` disjoint sets of ``size`` cores (default: equal shares; leftover cores unused); where the
+    cores do not suffice, slots share them round-robin."""
+    size = size or max(1, len(cpus) // count)
+    return [tuple(cpus[(i * size + j) % len(cpus)] for j in range(size)) for i in range(count)]
 
 
 def parse_devices(text: str) -> list[Slot]:
-    """``"0,1"`` -> GPU slots 0 and 1; ``"cpu:2"`` (or ``"cpu"``) -> two (one) CPU slots."""
+    """``"0,1"`` -> GPU slots 0 and 1; ``"cpu:2"`` (or ``"cpu"``) -> two (one) CPU slots; ``"cpu:2x1"`` -> two
+    CPU slots of one core each."""
     text = text.strip()
+    size = None
     if text == "cpu" or text.startswith("cpu:"):
-        count = text.partition(":")[2] or "1"
-        if not count.isdigit() or int(count) < 1:
-            raise ConfigError(f"--devices {text}: expected cpu:N with N >= 1")
+        count, by, threads = (text.partition(":")[2] or "1").partition("x")
+        numbers = [count, threads] if by else [count]
+        if not all(n.isdigit() and int(n) >= 1 for n in numbers):
+            raise ConfigError(f"--devices {text}: expected cpu:N or cpu:NxT with N, T >= 1")
         slots = [(f"cpu:{i}", None) for i in range(int(count))]
+        size = int(threads) if by else None
     else:
         ids = [part.strip() for part in text.split(",")]
         if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
             raise ConfigError(f"--devices {text}: expected distinct GPU ids like 0,1 or CPU slots like cpu:2")
         slots = [(f"cuda:{gpu}", gpu) for gpu in ids]
-    cpu_sets = split_cpus(available_cpus(), len(slots))
+    cpu_sets = split_cpus(available_cpus(), len(slots), size)
     return [Slot(name, gpu, cpus) for (name, gpu), cpus in zip(slots, cpu_sets, strict=True)]
 
 

@@ -49,6 +49,15 @@ def test_devices_give_slots_disjoint_cores_and_a_thread_per_core(monkeypatch):
     assert [s.cpus for s in parse_devices("cpu:4")] == [(2,), (5,), (6,), (2,)]
 
 
+def test_cpu_slots_of_a_fixed_thread_count_do_not_depend_on_the_machine(monkeypatch):
+    for cores in (2, 4, 8):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        slots = parse_devices("cpu:2x1")
+        assert [(s.cpus, s.env()["OMP_NUM_THREADS"]) for s in slots] == [((0,), "1"), ((1,), "1")]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert [s.cpus for s in parse_devices("cpu:2x2")] == [(0, 1), (2, 0)]  # too few cores: shared, T kept
+
+
 def test_a_job_runs_pinned_to_its_slot_cores(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(
@@ -185,7 +194,7 @@ def test_a_crashed_job_is_recorded_as_failed(tmp_path, monkeypatch, script, erro
     assert "FAILED  [1/1] panet_synthetic_mri_s1_f0_k1_seed0_cpu" in log.path.read_text()
 
 
-@pytest.mark.parametrize("devices", ["cpu:0", "0,0", "x"])
+@pytest.mark.parametrize("devices", ["cpu:0", "0,0", "x", "cpu:2x0", "cpu:2x", "cpu:x1"])
 def test_bad_device_strings(devices):
     from fsmis_bench.errors import ConfigError
 
