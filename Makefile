@@ -6,17 +6,25 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-slow lint format clean bench leaderboard regression update-baselines
+.PHONY: install lock demo test test-slow lint format clean bench leaderboard regression update-baselines
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+## Every dependency but torch at the versions the tests and the regression baselines last passed with
+## (constraints.txt, written by `make lock`); CONSTRAINTS= installs the newest releases instead.
+CONSTRAINTS ?= constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
+
+## Pin the installed environment (torch excluded: TORCH_SPEC chooses the build) into constraints.txt.
+lock: | $(BIN)/python
+	( echo "# pip constraints: the environment the tests and regression baselines last passed with (make lock)"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton)[-_=]' ) > constraints.txt
 
 ## The main job on the embedded synthetic default (no download): SSL-ALPNet, fold 0, cpu profile.
 demo: $(STAMP)
