@@ -53,6 +53,11 @@ def case_name(row: dict[str, str]) -> str:
     return "/".join(f"{k}={row[k]}" for k in IDENTITY if row.get(k))
 
 
+def case_fields(case: str) -> dict[str, str]:
+    """The identity fields of a case name (the inverse of ``case_name``)."""
+    return dict(part.split("=", 1) for part in case.split("/"))
+
+
 def _dice_by_case(store: ResultsStore) -> tuple[dict[tuple[str, int], dict[str, float]], list[str]]:
     """{(case, seed): {organ: dice}} of ok rows, and the keys of failed jobs."""
     values: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
@@ -68,10 +73,9 @@ def _dice_by_case(store: ResultsStore) -> tuple[dict[tuple[str, int], dict[str, 
 
 def pooled_std(groups: list[list[float]]) -> float:
     """Standard deviation pooled over groups of repeated measurements (each group: one value over seeds)."""
-    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
-    if dof == 0:
-        return 0.0
-    return math.sqrt(sum(statistics.variance(g) * (len(g) - 1) for g in groups if len(g) > 1) / dof)
+    repeated = [g for g in groups if len(g) > 1]
+    dof = sum(len(g) - 1 for g in repeated)
+    return math.sqrt(sum(statistics.variance(g) * (len(g) - 1) for g in repeated) / dof) if dof else 0.0
 
 
 def tolerance(spread: float) -> float:
@@ -96,17 +100,15 @@ def build_fixture(results: str | Path, check_seed: int = 0) -> dict[str, Any]:
             for organ in ORGANS
             if not math.isnan(seeds[check_seed].get(organ, math.nan))
         }
-    spread = {
-        method: pooled_std(
-            [g for case, organs in samples.items() if _method(case) == method for g in organs.values()]
-        )
-        for method in sorted({_method(case) for case in samples})
-    }
+    groups_by_method: dict[str, list[list[float]]] = defaultdict(list)
+    for case, organs in samples.items():
+        groups_by_method[case_fields(case)["method"]].extend(organs.values())
+    spread = {method: pooled_std(groups) for method, groups in sorted(groups_by_method.items())}
     cases = {
         case: {
             organ: {
                 "expected": round(by_case[case][check_seed][organ], 6),
-                "tolerance": round(tolerance(spread[_method(case)]), 6),
+                "tolerance": round(tolerance(spread[case_fields(case)["method"]]), 6),
                 "seed_values": [round(v, 4) for v in values],
             }
             for organ, values in organs.items()
@@ -123,10 +125,6 @@ def build_fixture(results: str | Path, check_seed: int = 0) -> dict[str, Any]:
         "seed_std": {method: round(value, 6) for method, value in spread.items()},
         "cases": cases,
     }
-
-
-def _method(case: str) -> str:
-    return case.split("/", 1)[0].removeprefix("method=")
 
 
 def write_fixture(fixture: dict[str, Any], path: str | Path) -> None:

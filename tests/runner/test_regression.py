@@ -123,10 +123,6 @@ KNOWN_BLIND_CASES = {
 }
 
 
-def _case_fields(case: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in case.split("/"))
-
-
 def test_committed_fixture_would_catch_a_method_that_predicts_nothing():
     """A profile whose model outputs nothing makes a guard that cannot fail. A case guards when some organ's
     expected Dice clears its tolerance by a margin; the unguarded cases are exactly the known ones, every
@@ -139,8 +135,8 @@ def test_committed_fixture_would_catch_a_method_that_predicts_nothing():
     }
     blind = {case for case, margin in margins.items() if margin < MIN_MARGIN_ABOVE_ZERO}
     assert blind == set(KNOWN_BLIND_CASES), {case: round(margins[case], 4) for case in blind}
-    guarded = [_case_fields(case) for case in margins if case not in blind]
-    everything = [_case_fields(case) for case in margins]
+    guarded = [regression.case_fields(case) for case in margins if case not in blind]
+    everything = [regression.case_fields(case) for case in margins]
     assert {c["method"] for c in guarded} == {c["method"] for c in everything}
     learned = [c for c in guarded if c["method"] not in ("copy_support", "threshold")]
     assert {(c["dataset"], c["setting"]) for c in learned} == {
