@@ -52,7 +52,13 @@ def soft_max_similarity(query: Tensor, prototypes: Tensor, valid: Tensor) -> Ten
     """Class score per pixel: softmax-weighted sum of scaled cosine similarities to the class's prototypes.
 
     query [N, C, h, w], prototypes [N, P, C], valid [N, P] -> [N, h, w]. Every row needs >= 1 valid prototype.
+    A validity mask of any other shape is refused: broadcasting an empty prototype axis would score 0.
     """
+    if valid.shape != prototypes.shape[:2]:
+        raise ValueError(
+            f"prototype validity mask has shape {tuple(valid.shape)}, expected {tuple(prototypes.shape[:2])} "
+            "(one flag per prototype)"
+        )
     q = F.normalize(query, dim=1, eps=1e-4)
     p = F.normalize(prototypes, dim=-1, eps=1e-4)
     sims = torch.einsum("nchw,npc->nphw", q, p) * SIMILARITY_SCALE
@@ -120,9 +126,10 @@ class PrototypeHead:
             query, protos.background[query_episode], protos.background_valid[query_episode]
         )
         fg_protos = torch.cat([protos.foreground_local, protos.foreground_global[:, None]], dim=1)
-        fg_valid = torch.cat(
-            [protos.foreground_local_valid, torch.ones_like(protos.foreground_local_valid[:, :1])], dim=1
+        global_valid = torch.ones(
+            protos.foreground_global.shape[0], 1, dtype=torch.bool, device=protos.foreground_global.device
         )
+        fg_valid = torch.cat([protos.foreground_local_valid, global_valid], dim=1)
         fg = soft_max_similarity(query, fg_protos[query_episode], fg_valid[query_episode])
         return torch.stack([bg, fg], dim=1)
 
