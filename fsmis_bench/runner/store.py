@@ -23,7 +23,10 @@ from fsmis_bench.data.datasets import ORGANS
 COLUMNS = (
     "key", "status", "method", "dataset", "source_dataset", "setting", "fold", "shots", "seed", "profile", "organ", "dice",
     "hd95", "valid_cases", "reference", "protocol", "budget", "fingerprint", "seconds", "run_dir", "error",
+    "determinism", "environment",
 )  # fmt: skip
+#: Columns added after the first stores were written: rows of an older store read them as empty.
+LATER_COLUMNS = ("determinism", "environment")
 STORE_FILE = "results.csv"
 _ORGAN_RANK = {organ: rank for rank, organ in enumerate(ORGANS)}
 
@@ -66,7 +69,8 @@ class ResultsStore:
         if not self.path.exists():
             return []
         with self.path.open(newline="") as handle:
-            return list(csv.DictReader(handle))
+            rows = list(csv.DictReader(handle))
+        return [{column: "" for column in LATER_COLUMNS} | row for row in rows]
 
     def state(self) -> dict[str, tuple[str, str]]:
         """Job key -> (status, fingerprint) of its latest recorded attempt."""
