@@ -34,5 +34,5 @@ def build_leaderboards(
         write_csv(out_dir / f"{name}.csv", rows)
         write_plot(out_dir / f"{name}.png", f"{title}: Dice per organ", entry_groups(rows))
         written += [out_dir / f"{name}.csv", out_dir / f"{name}.png"]
-    write_readme(out_dir / "README.md", tables)
+    write_readme(out_dir / "README.md", tables, Path(published))
     return [*written, out_dir / "README.md"]

@@ -1,6 +1,6 @@
-"""Published numbers beside the reproduced ones: ``leaderboards/published.csv``, a copy of the rows of
-``../shared/reference/published_results.csv`` for the suite's methods, with the column ``suite_method`` naming
-the fsmis-bench method each published row is the counterpart of.
+"""Published numbers beside the reproduced ones: ``leaderboards/published.csv``, the literature's numbers for the
+suite's methods (with source, evidence level and protocol lineage), and the column ``suite_method`` naming the
+fsmis-bench method each published row is the counterpart of.
 """
 
 from __future__ import annotations

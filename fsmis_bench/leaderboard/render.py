@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,16 @@ One table per (dataset, setting, shots): 1-way K-shot Dice in %, per organ and t
   wall time over the entry's jobs: training and testing every model), and its fingerprint (config hash @ code
   version).
 * **reference**: floors that learn nothing (copy the support mask, intensity band); a method must beat them.
-* **published**: copied from [`published.csv`](published.csv) (itself taken from
-  `../shared/reference/published_results.csv`), with the paper's protocol lineage and evidence level
-  (A: primary or two agreeing sources, B: one secondary source, C: recalled, unverified). The literature's
-  `±` is ambiguous and not recorded; compare means only, and only within a lineage.
+* **published**: the literature's numbers for the suite's methods, copied from [`published.csv`]({published}),
+  with the paper's protocol lineage and evidence level (A: primary or two agreeing sources, B: one secondary
+  source, C: recalled, unverified). The literature's `±` is ambiguous and not recorded; compare means only, and
+  only within a lineage.
+
+How to read a row (protocol variants, deviations, fingerprints, budgets, why the floors are in every table):
+{guide}.
 """
+#: The guide to reading result rows; linked from every leaderboard README when the repository is at hand.
+RESULTS_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 ORGAN_HEADERS = ("liver", "spleen", "kidney L", "kidney R", "Mean")
 
 
@@ -114,7 +120,21 @@ def markdown_table(name: str, title: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join([f"## {title}", "", f"[{name}.csv]({name}.csv)", "", *lines, "", *legend, "", plot, ""])
 
 
-def write_readme(path: Path, tables: dict[str, tuple[str, list[dict[str, Any]]]]) -> None:
-    """``tables``: file name -> (title, rows)."""
+def _relative_link(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
+
+
+def readme_head(out_dir: Path, published: Path) -> str:
+    """The README's preamble, with links relative to ``out_dir`` to the published numbers and the guide."""
+    guide = (
+        f"[`docs/results.md`]({_relative_link(RESULTS_GUIDE, out_dir)})"
+        if RESULTS_GUIDE.exists()
+        else "`docs/results.md` in the fsmis-bench repository"
+    )
+    return README_HEAD.format(published=_relative_link(published, out_dir), guide=guide)
+
+
+def write_readme(path: Path, tables: dict[str, tuple[str, list[dict[str, Any]]]], published: Path) -> None:
+    """``tables``: file name -> (title, rows); ``published``: the published-numbers file the tables joined."""
     sections = [markdown_table(name, title, rows) for name, (title, rows) in sorted(tables.items())]
-    write_atomic(path, "\n".join([README_HEAD, *sections]).encode())
+    write_atomic(path, "\n".join([readme_head(path.parent, published), *sections]).encode())
