@@ -297,7 +297,8 @@ class FewShotDataModule(L.LightningDataModule):
         if self.pseudolabels == "gt":
             spec = self.source_spec or self.spec
             if self.source_spec is not None and self.group is None:
-                # one cross-domain model learns the four organs: supervised transfer (methods.md §6.4 A)
+                # one cross-domain model learns the four organs: supervised transfer
+                # (docs/methods/progidiff.md §4, track A)
                 classes = tuple(spec.organ_label[o] for o in ORGANS)
             else:
                 classes = training_classes(spec, self.group)
@@ -348,7 +349,7 @@ class FewShotDataModule(L.LightningDataModule):
     def labelled_support_slices(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Every (slice, tested organ) of the fold's support scan(s) where the organ is visible at model
         resolution: normalised images [M, 3, r, r], binary masks [M, r, r] and organ names. The labelled target
-        data of the cross-domain track's few-shot adaptation (methods.md §6.4 A)."""
+        data of the cross-domain track's few-shot adaptation (docs/methods/progidiff.md §4, track A)."""
         images, masks, organs = [], [], []
         for scan_id in self.plan.support_ids:
             scan = self.scans[scan_id]

@@ -22,7 +22,7 @@ from fsmis_bench.metrics.volume_scorer import CaseResult, score_volume
 
 @dataclass(frozen=True)
 class MethodTraits:
-    """Declared properties of a method, recorded with every result (methods.md §1)."""
+    """Declared properties of a method, recorded with every result (docs/methods/README.md §1)."""
 
     trainable: bool = True
     pseudolabels: str = "superpix2d"  # default training label source: superpix2d or gt

@@ -1,4 +1,5 @@
-"""Known-good tiny diffusers configurations (methods.md §2.3), shared by the diffusion methods and their tests.
+"""Known-good tiny diffusers configurations (docs/methods/README.md §2.3), shared by the diffusion methods and
+their tests.
 
 Profiles and tests override them key by key; they build in milliseconds and exercise every code path of the
 full-size classes (cross-attention, down/up blocks, group norms)."""

@@ -35,7 +35,7 @@ from fsmis_bench.methods.sd_fsmis.vtct import VisualTextualTranslator, masked_av
 from fsmis_bench.methods.tiny_diffusers import TINY_UNET, TINY_VAE
 from fsmis_bench.runner.experiment import RunRequest, resolve_config
 
-UNET, VAE = TINY_UNET, TINY_VAE  # the known-good tiny configurations of methods.md §2.3
+UNET, VAE = TINY_UNET, TINY_VAE  # the known-good tiny configurations of docs/methods/README.md §2.3
 DINO = {"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16}
 DINO_GEOMETRY = {"image_size": 14, "patch_size": 7}
 
@@ -271,7 +271,7 @@ def test_install_bank_covers_every_self_attention_only():
 
 # ---------------------------------------------------------------------- query enhancement
 def _looped_query_prototype(latent, fg, bg, threshold=0.7, ratio=0.1875):
-    """Reference loop following methods.md §4.6 for one query [C, h, w]."""
+    """Reference loop following docs/methods/sd_fsmis.md §6 for one query [C, h, w]."""
     c = latent.shape[0]
     flat = latent.reshape(c, -1)
     probs = []

@@ -60,5 +60,5 @@ def test_chunk_rules_differ_on_33_chaos_organ_slices(chaos_labels):
             alp = alpnet_chunks(positive[0], positive[-1])[positive - positive[0]]
             differing += int((alp != qnet_chunks(len(positive))).sum())
             total += len(positive)
-    # protocol §6.2 says "33 of 1305"; its own sanity table sums to 1320 organ slices, which we reproduce.
+    # protocol §6.2: 33 of the 1320 organ slices of the §1.4 check table change chunk.
     assert (differing, total) == (33, 1320)

@@ -9,7 +9,7 @@ from fsmis_bench.methods.prototype.module import PrototypeSegmenter
 
 
 class ALPNet(PrototypeSegmenter):
-    """SSL-ALPNet (methods.md §3.1). ``head.mode`` is fixed to 'alp'."""
+    """SSL-ALPNet (docs/methods/alpnet.md). ``head.mode`` is fixed to 'alp'."""
 
     traits: ClassVar[MethodTraits] = MethodTraits(
         pseudolabels="superpix2d", episode_type="same_slice_two_augs"

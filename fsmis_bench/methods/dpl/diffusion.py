@@ -1,4 +1,5 @@
-"""A DDPM over prototype vectors: partial forward noising to t* and a deterministic DDIM reverse (methods.md §5.3).
+"""A DDPM over prototype vectors: partial forward noising to t* and a deterministic DDIM reverse
+(docs/methods/dpl.md §3).
 
 Step indices follow the DDPM paper: t ∈ {1..T}, t = 0 is the clean prototype. diffusers' schedulers index the
 same steps from 0, so paper step t is scheduler index t − 1 (ᾱ of index t − 1 = ∏_{s ≤ t} (1 − β_s)).

@@ -1,4 +1,4 @@
-"""Conservative fusion of the original prototype with its diffusion variants (methods.md §5.3)."""
+"""Conservative fusion of the original prototype with its diffusion variants (docs/methods/dpl.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""DPL as a LightningModule: SSL-ALPNet whose global foreground prototype is diffusion-enhanced (methods.md §5)."""
+"""DPL as a LightningModule: SSL-ALPNet whose global foreground prototype is diffusion-enhanced
+(docs/methods/dpl.md)."""
 
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ def episode_seed(*parts: Any) -> int:
 
 
 class DPL(PrototypeSegmenter):
-    """DPL (methods.md §5.3): the global foreground prototype p0 of SSL-ALPNet is noised to t* K times, denoised
-    by DDIM under a spatial condition and fused with p0; the fused prototype replaces p0 in the foreground set,
-    identically in training and at test. Loss = L_seg (ALPNet's) + λ·L_ε.
+    """DPL (docs/methods/dpl.md §3): the global foreground prototype p0 of SSL-ALPNet is noised to t* K times,
+    denoised by DDIM under a spatial condition and fused with p0; the fused prototype replaces p0 in the
+    foreground set, identically in training and at test. Loss = L_seg (ALPNet's) + λ·L_ε.
 
     Test-time noise is drawn per episode from a generator seeded by (run seed, query scan, organ, chunk), the
     chunk being named by its support slices (``batch.meta["support"]``), so a chunk's variants do not depend

@@ -9,7 +9,7 @@ from fsmis_bench.methods.prototype.module import PrototypeSegmenter
 
 
 class PANet(PrototypeSegmenter):
-    """SSL-PANet (methods.md §3.2): identical to ALPNet except one global prototype per class."""
+    """SSL-PANet (docs/methods/panet.md): identical to ALPNet except one global prototype per class."""
 
     traits: ClassVar[MethodTraits] = MethodTraits(
         pseudolabels="superpix2d", episode_type="same_slice_two_augs"

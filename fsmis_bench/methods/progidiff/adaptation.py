@@ -25,7 +25,7 @@ from fsmis_bench.batch import as_three_channels
 from fsmis_bench.methods.progidiff.model import ProGiDiffModel
 from fsmis_bench.protocol.augment import AugmentConfig, augment_pair
 
-#: methods.md §6.3 target modules, plus the three convolutions of the custom hint encoder.
+#: docs/methods/progidiff.md §3 target modules, plus the three convolutions of the custom hint encoder.
 LORA_TARGETS = (
     "to_q",
     "to_k",

@@ -1,4 +1,5 @@
-"""The frozen text-to-image backbone of ProGiDiff: UNet, VAE, CLIP text encoder and tokenizer (methods.md §2).
+"""The frozen text-to-image backbone of ProGiDiff: UNet, VAE, CLIP text encoder and tokenizer
+(docs/methods/README.md §2).
 
 Two sources: a Stable Diffusion folder or cached hub id (``pretrained_path``, loaded subfolder by subfolder with
 ``local_files_only=True``, never from the network), or small randomly initialised instances of the SAME

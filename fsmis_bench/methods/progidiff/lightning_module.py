@@ -1,11 +1,11 @@
 """ProGiDiff as a LightningModule: supervised prompt-guided training, P proposals, LoRA adaptation at test time.
 
-Training (GT episodes, methods.md §6.4): every support and query slice of an episode is one (slice, mask,
-organ prompt) example for the ε-prediction loss; with ``codec.pretrain_steps > 0`` the first steps train the
-VAE on slice/mask reconstruction instead (the in-run mask codec of the CPU profiles). Testing: per (query scan,
-organ) P DDIM proposals, their vote as the mask, best-of-P and diversity beside it; before the queries, a LoRA
-adapter is fitted on the support information (track B: the organ's EP1 support slices, cached per organ;
-track A, the cross-domain run: every labelled organ slice of the target's support scan).
+Training (GT episodes, docs/methods/progidiff.md §4): every support and query slice of an episode is one
+(slice, mask, organ prompt) example for the ε-prediction loss; with ``codec.pretrain_steps > 0`` the first
+steps train the VAE on slice/mask reconstruction instead (the in-run mask codec of the CPU profiles). Testing:
+per (query scan, organ) P DDIM proposals, their vote as the mask, best-of-P and diversity beside it; before
+the queries, a LoRA adapter is fitted on the support information (track B: the organ's EP1 support slices,
+cached per organ; track A, the cross-domain run: every labelled organ slice of the target's support scan).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _settings(cls: type, values: dict[str, Any] | None, name: str) -> Any:
 
 
 class ProGiDiff(FewShotSegmenter):
-    """Prompt-guided ControlNet mask diffusion (methods.md §6); see the package README for every choice."""
+    """Prompt-guided ControlNet mask diffusion (docs/methods/progidiff.md; choices: the package README)."""
 
     traits: ClassVar[MethodTraits] = MethodTraits(
         pseudolabels="gt",
@@ -284,7 +284,7 @@ class ProGiDiff(FewShotSegmenter):
         return Path(logger.save_dir) / kind / str(logger.version)
 
     def deviations(self) -> list[str]:
-        """Departures from the spec's recipe (methods.md §6.3): objective, hint encoder, in-run mask codec."""
+        """Departures from the spec (docs/methods/progidiff.md §3): objective, hint encoder, in-run codec."""
         found = []
         prediction = self.model.noise_scheduler.config.prediction_type
         if prediction != "epsilon":

@@ -1,4 +1,4 @@
-"""ProGiDiff network (methods.md §6.3): a frozen text-to-image latent diffusion model steered by a ControlNet.
+"""ProGiDiff network (docs/methods/progidiff.md §3): a frozen text-to-image LDM steered by a ControlNet.
 
 The ControlNet is copied from the frozen UNet (``ControlNetModel.from_unet``); its hint embedding, designed for
 sparse edge maps, is replaced by a dense image encoder (option a): the frozen VAE latent of the slice through
@@ -22,7 +22,7 @@ from fsmis_bench.methods.progidiff.components import Backbone
 PROMPT_TEMPLATE = "a segmentation mask of the {organ}"
 #: Organ names as words in a prompt; any other label name has its underscores replaced by spaces.
 PROMPT_NAMES = {"kidney_left": "left kidney", "kidney_right": "right kidney"}
-#: SD-1.5 training noise schedule (methods.md §6.3).
+#: SD-1.5 training noise schedule (docs/methods/progidiff.md §3).
 NOISE_SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_schedule": "scaled_linear",
@@ -31,7 +31,7 @@ NOISE_SCHEDULER: dict[str, Any] = {
     "prediction_type": "epsilon",
     "clip_sample": False,
 }
-#: DDIM for sampling; "trailing" spacing so that few steps start from pure noise (methods.md §2.4).
+#: DDIM with "trailing" spacing, so that few steps start from pure noise (docs/methods/README.md §2.4).
 SAMPLER: dict[str, Any] = {"timestep_spacing": "trailing", "set_alpha_to_one": True, "steps_offset": 0}
 
 

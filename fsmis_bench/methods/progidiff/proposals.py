@@ -1,4 +1,5 @@
-"""Proposals: the vote that gives the method's mask and the expert-in-the-loop metrics (methods.md §6.3).
+"""Proposals: the vote that gives the method's mask and the expert-in-the-loop metrics
+(docs/methods/progidiff.md §3).
 
 The main number is always the vote; best-of-P is an oracle (it reads the ground truth, standing in for an
 expert who picks a proposal) and is reported beside it, never instead of it.

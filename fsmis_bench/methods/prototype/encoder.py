@@ -33,7 +33,7 @@ class ResidualBlock(nn.Module):
 
 
 class TinyEncoder(nn.Module):
-    """A small residual CNN (our design choice for CPU runs, methods.md §2.3) with a chosen output stride.
+    """A small residual CNN with a chosen output stride (our CPU design, docs/methods/README.md §2.3).
 
     Stages halve the resolution until ``output_stride`` is reached; the remaining stages use dilation to
     widen the receptive field without further downsampling, like the DeepLab backbone.
@@ -60,7 +60,7 @@ class TinyEncoder(nn.Module):
 
 
 class FeatureEncoder(nn.Module):
-    """Backbone + bias-free 1×1 reduction to ``feature_dim`` channels (SSL-ALPNet, methods.md §3.1)."""
+    """Backbone + bias-free 1×1 reduction to ``feature_dim`` channels (docs/methods/alpnet.md §1)."""
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""PrototypeSegmenter: the shared LightningModule of PANet, SSL-ALPNet and DPL (methods.md §3, §5)."""
+"""PrototypeSegmenter: the LightningModule of PANet, SSL-ALPNet and DPL (docs/methods/panet.md, alpnet.md,
+dpl.md)."""
 
 from __future__ import annotations
 

@@ -70,9 +70,9 @@ def soft_max_similarity(query: Tensor, prototypes: Tensor, valid: Tensor) -> Ten
 class PrototypeHead:
     """Builds prototypes from supports and scores queries; ``mode`` 'alp' (SSL-ALPNet) or 'global' (PANet).
 
-    ALP (methods.md §3.1): background = local prototypes only; foreground = local + global when some window
-    of ``check_window`` is >= ``threshold`` foreground, else the global prototype alone. Local windows are
-    ``train_window`` in training and ``test_window`` at test (reference: 4 and 2 on a 32×32 map). PANet:
+    ALP (docs/methods/alpnet.md §1): background = local prototypes only; foreground = local + global when some
+    window of ``check_window`` is >= ``threshold`` foreground, else the global prototype alone. Local windows
+    are ``train_window`` in training and ``test_window`` at test (reference: 4 and 2 on a 32×32 map). PANet:
     one global prototype per class. An episode without any qualifying background window falls back to the
     global background prototype (our design choice; the reference would fail).
     """

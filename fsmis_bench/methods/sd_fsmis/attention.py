@@ -1,4 +1,4 @@
-"""Support–query interaction (SQI, methods.md §4.3–4.4) as a diffusers attention processor on every ``attn1``.
+"""Support–query interaction (SQI, docs/methods/sd_fsmis.md §3–§4): an attention processor on every ``attn1``.
 
 The support pass writes each self-attention layer's projected keys and values into a shared bank, grouped by
 episode; the query pass concatenates its episode's support keys/values (all shots) to its own along the

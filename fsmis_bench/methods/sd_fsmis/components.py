@@ -1,4 +1,4 @@
-"""Offline loading of the pretrained components (methods.md §2.2), or random initialisation from a config.
+"""Offline loading of pretrained components (docs/methods/README.md §2.2), or random init from a config.
 
 Weights come from a local ``save_pretrained`` folder or an already cached hub id, with
 ``local_files_only=True`` and safetensors only (never unpickled). A missing weight is an error naming the

@@ -1,5 +1,5 @@
-"""SD-FSMIS as a LightningModule (methods.md §4): training on one-step latent regression, chunk-wise inference
-with the dynamic threshold and the largest connected component."""
+"""SD-FSMIS as a LightningModule (docs/methods/sd_fsmis.md): training on one-step latent regression,
+chunk-wise inference with the dynamic threshold and the largest connected component."""
 
 from __future__ import annotations
 
@@ -156,7 +156,8 @@ class SDFSMIS(FewShotSegmenter):
 
     # ------------------------------------------------------------------ training
     def training_losses(self, batch: EpisodeBatch) -> dict[str, Tensor]:
-        """MSE between the query-pass output and the negated query-mask latent (methods.md §4.8)."""
+        """MSE between the query-pass output and the negated query-mask latent (docs/methods/sd_fsmis.md
+        §8)."""
         encoded = self.net.encode_episodes(
             batch.support_images,
             batch.support_masks,

@@ -1,4 +1,5 @@
-"""SD-FSMIS network (methods.md §4.2, §4.7): frozen VAE, surgered UNet with the support bank, VTCT and QE.
+"""SD-FSMIS network (docs/methods/sd_fsmis.md §2, §7): frozen VAE, surgered UNet with the support bank, VTCT
+and QE.
 
 One deterministic step: with the DDIM config β_start = β_end = 1 every ᾱ_t is 0, so the v-prediction DDIM
 estimate is x̂0 = √ᾱ·x_t − √(1−ᾱ)·v = −v. The UNet sees the clean query latent (no noise); training regresses
@@ -128,7 +129,7 @@ class SDFSMISNet(nn.Module):
                 self.qe_threshold,
                 self.qe_topk_ratio,
             )
-        else:  # ablation (methods.md §4.12 #11): zeros in place of the prototype map
+        else:  # ablation (docs/methods/sd_fsmis.md §12 #11): zeros in place of the prototype map
             proto = torch.zeros_like(z_query)
         return EncodedEpisodes(
             support=torch.cat([z_support, z_support_mask], dim=1),

@@ -1,4 +1,5 @@
-"""Query Enhancement (QE, methods.md §4.6) in VAE latent space, vectorised over episodes and query slices.
+"""Query Enhancement (QE, docs/methods/sd_fsmis.md §6) in VAE latent space, vectorised over episodes and query
+slices.
 
 Support prototypes (masked averages of the support image latents, averaged over shots) give each query latent
 pixel a foreground probability (softmax over the cosine similarities to the background and foreground

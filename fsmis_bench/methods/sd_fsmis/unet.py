@@ -1,4 +1,5 @@
-"""UNet surgery for SD-FSMIS (methods.md §4.3): a widened query input conv and a separate support input conv.
+"""UNet surgery for SD-FSMIS (docs/methods/sd_fsmis.md §3): a widened query input conv and a separate support
+input conv.
 
 The query branch reads [query image latent ‖ query prototype map], the support branch reads
 [support image latent ‖ support mask latent]; everything after the input convolution is shared. Both input

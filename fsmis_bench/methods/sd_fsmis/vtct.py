@@ -1,4 +1,4 @@
-"""Visual-to-Textual Condition Translator (VTCT, methods.md §4.5).
+"""Visual-to-Textual Condition Translator (VTCT, docs/methods/sd_fsmis.md §5).
 
 A frozen DINOv2 encodes the support slices; its patch tokens are averaged under the support mask (resized on
 the uncropped grid, as the official code does), averaged over shots and mapped by an MLP to ONE token that
@@ -51,7 +51,7 @@ class VisualTextualTranslator(nn.Module):
         self.mlp = (
             build_mlp(width, output_dim, hidden_dim or 2 * width, num_hidden_layers) if enabled else None
         )
-        # ablation `enabled: false` (methods.md §4.12 #11): a learned constant token
+        # ablation `enabled: false` (docs/methods/sd_fsmis.md §12 #11): a learned constant token
         self.constant = None if enabled else nn.Parameter(torch.zeros(output_dim))
         self.crop = int(encoder.config.image_size)
         self.patch = int(encoder.config.patch_size)
@@ -86,7 +86,8 @@ class VisualTextualTranslator(nn.Module):
     def pooled(self, images: Tensor, masks: Tensor) -> Tensor:
         """Masked average of the patch tokens per support slice: [S, 3, H, W], [S, H, W] -> [S, D].
 
-        The mask is resized bilinearly on the uncropped grid and thresholded at 0.5 (methods.md §4.12 #9).
+        The mask is resized bilinearly on the uncropped grid and thresholded at 0.5 (docs/methods/sd_fsmis.md
+        §12 #9).
         """
         features = self.patch_features(images)
         grid = features.shape[-1]
