@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         source_data_root=args.source_data_root,
     )
     run_dir = execute_run(request)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     dice = summary["dice"]
     organs = "  ".join(f"{k}={_pct(v)}" for k, v in dice.items())
     print(f"{run_dir}: Dice % {organs}  ({summary['seconds']:.0f} s)")

@@ -34,7 +34,7 @@ def parse_yaml(text: str) -> Any:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = parse_yaml(path.read_text())
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read YAML ({exc})") from exc
     if not isinstance(data, dict):

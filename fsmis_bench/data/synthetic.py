@@ -187,7 +187,7 @@ def _save_nifti(array: np.ndarray, spacing: tuple[float, float, float], path: Pa
 def _is_synthetic_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a manifest written by this generator (safe to replace)."""
     try:
-        return json.loads((folder / MANIFEST_NAME).read_text()).get("generator") == _GENERATOR
+        return json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("generator") == _GENERATOR
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -57,7 +57,7 @@ class JobClaims:
                 return "already ok (recorded after this sweep was planned)"
             path = self.path(key)
             try:
-                owner = json.loads(path.read_text())
+                owner = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):  # no claim, or one this code did not write: taken over
                 owner = None
             if isinstance(owner, dict) and owner != self.owner and _alive(owner):
@@ -70,7 +70,7 @@ class JobClaims:
         with self.store.lock:
             path = self.path(key)
             try:
-                mine = json.loads(path.read_text()) == self.owner
+                mine = json.loads(path.read_text(encoding="utf-8")) == self.owner
             except (OSError, ValueError):
                 return
             if mine:

@@ -157,7 +157,7 @@ def run_job(job: Job, results: str, accelerator: str | None = None, threads: int
 
         torch.set_num_threads(threads)
     run_dir = execute_run(job.request(results, accelerator))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     ResultsStore(results).record(job.key, ok_rows(job.key, summary, run_dir))
     return job.key
 

@@ -133,7 +133,7 @@ def write_fixture(fixture: dict[str, Any], path: str | Path) -> None:
 
 def check(results: str | Path, fixture_path: str | Path) -> list[str]:
     """Problems found (empty when everything is within tolerance)."""
-    return _check(results, json.loads(Path(fixture_path).read_text()))
+    return _check(results, json.loads(Path(fixture_path).read_text(encoding="utf-8")))
 
 
 def _check(results: str | Path, fixture: dict[str, Any]) -> list[str]:
@@ -154,7 +154,7 @@ def _check(results: str | Path, fixture: dict[str, Any]) -> list[str]:
 
 def report(results: str | Path, fixture_path: str | Path) -> int:
     """Print the check's verdict; 0 when every value is within tolerance."""
-    fixture = json.loads(Path(fixture_path).read_text())
+    fixture = json.loads(Path(fixture_path).read_text(encoding="utf-8"))
     problems = _check(results, fixture)
     n_values = sum(len(organs) for organs in fixture["cases"].values())
     if problems:

@@ -19,7 +19,7 @@ from fsmis_bench.registry import METHODS, PROFILES, MethodEntry, profile_path
 from fsmis_bench.runner.experiment import PROFILE_DATA_KEYS, TRAINER_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
-DOC = (REPO / "docs" / "adding-a-method.md").read_text()
+DOC = (REPO / "docs" / "adding-a-method.md").read_text(encoding="utf-8")
 PROSE = " ".join(DOC.split())
 #: "`path`:" or "`path` (excerpt):", a blank line, then a fenced block.
 QUOTE = re.compile(r"^`([\w/.]+)`( \(excerpt\))?:\n\n```\w+\n(.*?)^```", re.M | re.S)
@@ -48,7 +48,9 @@ def run(tmp_path: Path, data_root: Path, method: str, *extra: str) -> dict:
     args = ["run", "--method", method, "--fold", "0", "--data-root", str(data_root), "--profile", "smoke"]
     args += ["--output", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), *extra]
     assert main(args) == 0
-    return json.loads(next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text())
+    return json.loads(
+        next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text(encoding="utf-8")
+    )
 
 
 def test_quoted_repository_files_are_the_files():
@@ -60,7 +62,7 @@ def test_quoted_repository_files_are_the_files():
         "fsmis_bench/registry.py",
     }
     for path, (excerpt, code) in repository.items():
-        text = (REPO / path).read_text()
+        text = (REPO / path).read_text(encoding="utf-8")
         assert (code in text) if excerpt else (code == text), path
 
 

@@ -39,7 +39,7 @@ def slug(heading: str) -> str:
 @cache
 def anchors(path: Path) -> set[str]:
     found: set[str] = set()
-    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", path.read_text()), flags=re.M):
+    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", path.read_text(encoding="utf-8")), flags=re.M):
         base = slug(heading)
         name, n = base, 0
         while name in found:
@@ -64,7 +64,7 @@ def test_the_docs_are_tracked():
 
 @pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_relative_links_resolve(path):
-    text = FENCE.sub("", path.read_text())
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
     for target in LINK.findall(text):
         if target.startswith(EXTERNAL):
             continue

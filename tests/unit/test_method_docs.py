@@ -40,7 +40,7 @@ def lookup(config: dict[str, Any], dotted: str) -> Any:
 @pytest.mark.parametrize("method", LEARNED)
 def test_paper_recipe_table_is_the_paper_profile(method):
     config = load_yaml(profile_path(method, "paper"))
-    rows = recipe_rows((DOCS / f"{method}.md").read_text())
+    rows = recipe_rows((DOCS / f"{method}.md").read_text(encoding="utf-8"))
     assert len(rows) >= 8
     for item, value, keys in rows:
         documented = parse_yaml(value)
@@ -50,22 +50,26 @@ def test_paper_recipe_table_is_the_paper_profile(method):
 
 @pytest.mark.parametrize("method", LEARNED)
 def test_method_readme_links_its_specification(method):
-    readme = (REPO / "fsmis_bench" / "methods" / method / "README.md").read_text()
+    readme = (REPO / "fsmis_bench" / "methods" / method / "README.md").read_text(encoding="utf-8")
     assert f"](../../../docs/methods/{method}.md)" in readme
-    assert f"[{method}.md]({method}.md)" in (DOCS / "README.md").read_text()
+    assert f"[{method}.md]({method}.md)" in (DOCS / "README.md").read_text(encoding="utf-8")
 
 
 def test_every_cited_method_section_exists():
     """``docs/methods/<name>.md §N`` in code, tests and Markdown name a numbered section of that document."""
     sections = {
-        path.name: set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", path.read_text(), flags=re.M))
+        path.name: set(
+            re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", path.read_text(encoding="utf-8"), flags=re.M)
+        )
         for path in DOCS.glob("*.md")
     }
     files = [REPO / "README.md", *(p for d in ("fsmis_bench", "tests", "docs", "benchmark", "leaderboards")
                                    for p in (REPO / d).rglob("*") if p.suffix in {".py", ".md", ".yaml"})]  # fmt: skip
     cited = 0
     for path in files:
-        for name, section in re.findall(r"docs/methods/(\w+\.md)`?\)? §(\d+(?:\.\d+)?)", path.read_text()):
+        for name, section in re.findall(
+            r"docs/methods/(\w+\.md)`?\)? §(\d+(?:\.\d+)?)", path.read_text(encoding="utf-8")
+        ):
             assert section in sections.get(name, set()), f"{path.relative_to(REPO)} cites {name} §{section}"
             cited += 1
     assert cited

@@ -48,7 +48,7 @@ from fsmis_bench.protocol.splits import FOLD_SCHEMES, fold_plan
 from fsmis_bench.runner.experiment import CASE_COLUMNS, PROFILE_DATA_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
-DOC = (REPO / "docs" / "protocol.md").read_text()
+DOC = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
 PROSE = " ".join(DOC.split())  # the text with line breaks as spaces, for sentences that wrap
 SPECS = {"abd_ct": ABD_CT, "abd_mri": ABD_MRI}
 

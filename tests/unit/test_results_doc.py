@@ -15,7 +15,7 @@ from fsmis_bench.runner.store import COLUMNS as STORE_COLUMNS
 from fsmis_bench.runner.store import LATER_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
-DOC = (REPO / "docs" / "results.md").read_text()
+DOC = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
 LINK = re.compile(r"\]\(([^)#\s]+)\)")
 
 
@@ -61,17 +61,19 @@ def test_committed_leaderboard_readmes_have_the_current_head():
     """The committed READMEs are generated; their preamble must be what the renderer writes today."""
     for readme in (REPO / "leaderboards").rglob("README.md"):
         head = readme_head(readme.parent, REPO / "leaderboards" / "published.csv")
-        assert readme.read_text().startswith(head), readme.relative_to(REPO)
+        assert readme.read_text(encoding="utf-8").startswith(head), readme.relative_to(REPO)
 
 
 def test_licence_and_citation_agree_with_the_package():
-    pyproject = (REPO / "pyproject.toml").read_text()  # no tomllib: the package supports Python 3.10
+    pyproject = (REPO / "pyproject.toml").read_text(
+        encoding="utf-8"
+    )  # no tomllib: the package supports Python 3.10
     version = re.search(r'^version = "([^"]+)"', pyproject, flags=re.M).group(1)
-    licence = (REPO / "LICENSE").read_text()
+    licence = (REPO / "LICENSE").read_text(encoding="utf-8")
     assert 'license = { text = "Apache-2.0" }' in pyproject
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
     assert "END OF TERMS AND CONDITIONS" in licence
-    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text(encoding="utf-8"))
     assert citation["cff-version"] == "1.2.0"
     assert (citation["version"], citation["license"]) == (version, "Apache-2.0")
     assert {"message", "title", "authors", "type"} <= set(citation)

@@ -167,5 +167,5 @@ def _write_id_mapping(layout_dir: Path, jobs: Sequence[ScanJob]) -> None:
     }
     path = layout_dir / ID_MAPPING_NAME
     text = json.dumps(mapping, indent=1) + "\n"
-    if not path.exists() or path.read_text() != text:
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text)

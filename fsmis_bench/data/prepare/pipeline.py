@@ -52,7 +52,7 @@ def _load_manifest(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         progress(f"{path}: unreadable manifest ({exc}); recomputing every scan")
         return {}
