@@ -18,7 +18,7 @@ from typing import Any
 
 from fsmis_bench.config import config_hash
 from fsmis_bench.data.datasets import ORGANS
-from fsmis_bench.provenance import code_version
+from fsmis_bench.provenance import code_version, environment_id
 from fsmis_bench.runner.experiment import RunRequest, execute_run, fingerprint_payload, resolve_config
 from fsmis_bench.runner.store import ResultsStore
 
@@ -123,6 +123,8 @@ def ok_rows(key: str, summary: dict[str, Any], run_dir: Path) -> list[dict[str, 
         "protocol": protocol_variant(summary),
         "budget": _budget(summary),
         "fingerprint": fingerprint(provenance["config_hash"], provenance["code_version"]),
+        # empty (unknown) for a summary written before environments were fingerprinted
+        "environment": environment_id(env) if (env := provenance.get("environment_fingerprint")) else "",
         "seconds": float(summary["seconds"]),
         "run_dir": str(run_dir),
     }
