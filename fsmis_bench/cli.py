@@ -128,10 +128,9 @@ def _regression(args: argparse.Namespace) -> int:
 
     if args.action == "check":
         return regression.report(args.results, args.fixture)
-    fixture = regression.build_fixture(args.results, check_seed=args.check_seed)
-    regression.write_fixture(fixture, args.fixture)
-    print(f"{args.fixture}: {len(fixture['cases'])} cases from seeds {fixture['seeds']}")
-    return 0
+    if args.action == "stamp":
+        return regression.stamp(args.results, args.fixture)
+    return regression.update(args.results, args.fixture, args.check_seed, args.methods)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,10 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     board.set_defaults(func=_leaderboard)
 
     regress = sub.add_parser("regression", help="compare sweep Dice with a committed baseline fixture")
-    regress.add_argument("action", choices=("check", "update"), help="check results, or rewrite the fixture")
-    regress.add_argument("--results", required=True, help="results folder of the regression sweep")
-    regress.add_argument("--fixture", default="benchmark/baselines/ci_regression.json")
-    regress.add_argument("--check-seed", type=int, default=0, help="update: the seed `check` runs with")
+    actions = regress.add_subparsers(dest="action", required=True)
+    check = actions.add_parser(
+        "check", help="compare: exact in the fixture's environment, else within the seed-spread tolerances"
+    )
+    update = actions.add_parser("update", help="rewrite the fixture (or some methods' entries) from seeds")
+    update.add_argument("--check-seed", type=int, default=0, help="the seed `check` runs with")
+    update.add_argument(
+        "--methods", nargs="+", default=None, help="replace only these methods' entries, keep the others"
+    )
+    stamp = actions.add_parser(
+        "stamp", help="record the environment of a check-seed run that equals the fixture (no reruns)"
+    )
+    for action in (check, update, stamp):
+        action.add_argument("--results", required=True, help="results folder of the regression sweep")
+        action.add_argument("--fixture", default="benchmark/baselines/ci_regression.json")
     regress.set_defaults(func=_regression)
     return parser
 

@@ -12,6 +12,7 @@ from fsmis_bench.cli import main
 from fsmis_bench.data.datasets import ORGANS
 from fsmis_bench.errors import ConfigError
 from fsmis_bench.methods.prototype.module import PrototypeSegmenter
+from fsmis_bench.provenance import environment_id
 from fsmis_bench.registry import METHODS
 from fsmis_bench.runner import regression
 from fsmis_bench.runner.jobs import Job, run_job
@@ -74,16 +75,16 @@ def test_fixture_expects_the_check_seed_and_the_check_flags_drift_failures_and_g
 
     same = tmp_path / "same"
     _record(same, 0, {o: 0.6 + 0.02 for o in ORGANS})
-    assert regression.check(same, path) == []
+    assert regression.compare(same, fixture).problems == []
 
     drift = tmp_path / "drift"
     _record(drift, 0, {**{o: 0.6 for o in ORGANS}, "spleen": 0.5})
-    problems = regression.check(drift, path)
+    problems = regression.compare(drift, regression.load_fixture(path)).problems
     assert len(problems) == 1 and "spleen" in problems[0] and "0.5000" in problems[0]
 
     broken = tmp_path / "broken"
     _record(broken, 0, {}, status="failed")
-    problems = regression.check(broken, path)
+    problems = regression.compare(broken, fixture).problems
     assert any("failed" in p for p in problems) and any("no result for seed 0" in p for p in problems)
 
 
@@ -145,8 +146,9 @@ def test_committed_fixture_would_catch_a_method_that_predicts_nothing():
     }
 
 
-def test_a_broken_forward_pass_fails_the_check(tmp_path, tiny_mri_root, monkeypatch):
-    """Baselines from a tiny ALPNet over two seeds; the same job with negated scores leaves the tolerance."""
+def test_a_broken_forward_pass_fails_the_check(tmp_path, tiny_mri_root, monkeypatch, capsys):
+    """Baselines from a tiny ALPNet over two seeds; the same job with negated scores leaves the tolerance.
+    Real jobs record their environment, so the fixture has one and the check runs in exact mode."""
     run = {
         "method": "alpnet",
         "dataset": "synthetic_mri",
@@ -164,7 +166,14 @@ def test_a_broken_forward_pass_fails_the_check(tmp_path, tiny_mri_root, monkeypa
     assert (
         main(["regression", "update", "--results", str(tmp_path / "seeds"), "--fixture", str(fixture)]) == 0
     )
+    rows = ResultsStore(tmp_path / "seeds").rows()
+    summary = json.loads((Path(rows[0]["run_dir"]) / "summary.json").read_text(encoding="utf-8"))
+    env = environment_id(summary["provenance"]["environment_fingerprint"])
+    assert {row["environment"] for row in rows} == {env}
+    assert regression.load_fixture(fixture)["environment"]["id"] == env
+    capsys.readouterr()
     assert main(["regression", "check", "--results", str(tmp_path / "seeds"), "--fixture", str(fixture)]) == 0
+    assert capsys.readouterr().out.startswith("regression: exact mode")
 
     intact = PrototypeSegmenter.foreground_scores
 
