@@ -29,6 +29,7 @@ from fsmis_bench.metrics.aggregate import summarize_cases, valid_counts
 from fsmis_bench.protocol.settings import model_groups
 from fsmis_bench.provenance import environment
 from fsmis_bench.registry import get_method, profile_path
+from fsmis_bench.runner.determinism import DeterminismPolicy, requested_determinism, resolve_determinism
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ PROFILE_DATA_KEYS = {
     "eval_mode", "chunk_rule", "normalisation", "superpixel_compat", "min_gt_pixels", "num_workers", "prefetch",
 }  # fmt: skip
 TRAINER_KEYS = {
+    "deterministic",  # true, false or warn; default per accelerator (determinism.py)
     "max_steps",
     "accumulate_grad_batches",
     "gradient_clip_val",
@@ -119,6 +121,7 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
             raise ConfigError(
                 f"unknown {section} option(s) {sorted(bad)} (known: {', '.join(sorted(allowed))})"
             )
+    requested_determinism(config.get("trainer") or {})
     return config
 
 
@@ -137,7 +140,7 @@ def fingerprint_payload(request: RunRequest, config: dict[str, Any]) -> dict[str
 
 
 def _train_and_test(
-    request: RunRequest, config: dict[str, Any], group: str | None, run_dir: Path
+    request: RunRequest, config: dict[str, Any], group: str | None, run_dir: Path, policy: DeterminismPolicy
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     L.seed_everything(request.seed, workers=True, verbose=False)
     data = FewShotDataModule(
@@ -157,7 +160,7 @@ def _train_and_test(
     model: FewShotSegmenter = instantiate(config["model"])
     if not isinstance(model, FewShotSegmenter):
         raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
-    trainer_options = dict(config.get("trainer") or {})
+    trainer_options = {k: v for k, v in (config.get("trainer") or {}).items() if k != "deterministic"}
     logger = TensorBoardLogger(
         str(run_dir), name="tensorboard", version=group or "all", default_hp_metric=False
     )
@@ -168,11 +171,12 @@ def _train_and_test(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        deterministic=True,
+        deterministic=policy.deterministic,
         num_sanity_val_steps=0,
         inference_mode=not model.traits.test_time_training,
         **{"log_every_n_steps": 25, **trainer_options},
     )
+    policy.apply_env()
     started = time.perf_counter()
     info: dict[str, Any] = {"group": group or "all", "organs": list(data.organs)}
     if model.traits.trainable:
@@ -202,6 +206,7 @@ def execute_run(request: RunRequest) -> Path:
     entry = get_method(request.method)
     config = resolve_config(request)
     fingerprint = config_hash(fingerprint_payload(request, config))
+    policy = resolve_determinism(request.accelerator, config)
     output = Path(request.output)
     final_dir = output / request.run_id
     tmp_dir = output / f".tmp-{request.run_id}-{os.getpid()}"
@@ -222,7 +227,7 @@ def execute_run(request: RunRequest) -> Path:
         )
         rows, models = [], []
         for group in groups:
-            group_rows, info = _train_and_test(request, config, group, tmp_dir)
+            group_rows, info = _train_and_test(request, config, group, tmp_dir, policy)
             rows += group_rows
             models.append(info)
         extra = [c for c in dict.fromkeys(k for row in rows for k in row) if c not in CASE_COLUMNS]
@@ -260,6 +265,7 @@ def execute_run(request: RunRequest) -> Path:
                 "models": len(models),
             },
             "traits": _run_traits(model_cls_traits, data_cfg),
+            "determinism": policy.record(),
             "models": models,
             "provenance": environment(fingerprint),
         }

@@ -125,6 +125,8 @@ def ok_rows(key: str, summary: dict[str, Any], run_dir: Path) -> list[dict[str, 
         "fingerprint": fingerprint(provenance["config_hash"], provenance["code_version"]),
         # empty (unknown) for a summary written before environments were fingerprinted
         "environment": environment_id(env) if (env := provenance.get("environment_fingerprint")) else "",
+        # true, false or warn (the Trainer's deterministic); empty for a summary written before it was recorded
+        "determinism": (summary.get("determinism") or {}).get("deterministic"),
         "seconds": float(summary["seconds"]),
         "run_dir": str(run_dir),
     }
