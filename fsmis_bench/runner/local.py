@@ -1,12 +1,12 @@
 """Local backend: one worker per device slot; every job is a subprocess pinned to its slot, with its own log.
 
-``--devices 0,1`` gives one slot per GPU (``CUDA_VISIBLE_DEVICES`` set to that id); ``--devices cpu:N`` gives N
-CPU-only slots. Either way the CPU cores this process may use (its affinity mask) are split into disjoint sets,
-one per slot: each job is pinned to its set and runs that many threads (``OMP_NUM_THREADS`` and torch threads),
-so concurrent jobs do not oversubscribe the machine. ``cpu:NxT`` gives N slots of exactly T cores each, whatever
-the machine has: a job's numbers depend on its thread count (float reductions), so a sweep whose Dice must be
-reproduced elsewhere (the CI regression) fixes it. Two sweeps on one machine must not see the same cores:
-start each under ``taskset -c`` with its own cores.
+``--devices 0,1`` gives one slot per GPU (``CUDA_VISIBLE_DEVICES`` set to that id), ``0,0`` two slots sharing
+GPU 0; ``--devices cpu:N`` gives N CPU-only slots. Either way the CPU cores this process may use (its affinity
+mask) are split into disjoint sets, one per slot: each job is pinned to its set and runs that many threads
+(``OMP_NUM_THREADS`` and torch threads), so concurrent jobs do not oversubscribe the machine. ``cpu:NxT``
+gives N slots of exactly T cores each, whatever the machine has: a job's numbers depend on its thread count
+(float reductions), so a sweep whose Dice must be reproduced elsewhere (the CI regression) fixes it. Two
+sweeps on one machine must not see the same cores: start each under ``taskset -c`` with its own cores.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def split_cpus(cpus: list[int], count: int, size: int | None = None) -> list[tup
 
 
 def parse_devices(text: str) -> list[Slot]:
-    """``"0,1"`` -> GPU slots 0 and 1; ``"cpu:2"`` (or ``"cpu"``) -> two (one) CPU slots; ``"cpu:2x1"`` -> two
-    CPU slots of one core each."""
+    """``"0,1"`` -> GPU slots 0 and 1 (``"0,0"``: two slots on GPU 0); ``"cpu:2"`` (or ``"cpu"``) -> two (one)
+    CPU slots; ``"cpu:2x1"`` -> two CPU slots of one core each."""
     text = text.strip()
     size = None
     if text == "cpu" or text.startswith("cpu:"):
@@ -76,9 +76,15 @@ def parse_devices(text: str) -> list[Slot]:
         size = int(threads) if by else None
     else:
         ids = [part.strip() for part in text.split(",")]
-        if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
-            raise ConfigError(f"--devices {text}: expected distinct GPU ids like 0,1 or CPU slots like cpu:2")
-        slots = [(f"cuda:{gpu}", gpu) for gpu in ids]
+        if not all(part.isdigit() for part in ids):
+            raise ConfigError(
+                f"--devices {text}: expected GPU ids like 0,1 (0,0: two slots on GPU 0) or cpu:2"
+            )
+        # a repeated id is one more slot on that GPU (jobs that share it): cuda:0, cuda:0#2, ...
+        slots = [
+            (f"cuda:{gpu}" + (f"#{ids[:i].count(gpu) + 1}" if gpu in ids[:i] else ""), gpu)
+            for i, gpu in enumerate(ids)
+        ]
     cpu_sets = split_cpus(available_cpus(), len(slots), size)
     return [Slot(name, gpu, cpus) for (name, gpu), cpus in zip(slots, cpu_sets, strict=True)]
 

@@ -194,7 +194,16 @@ def test_a_crashed_job_is_recorded_as_failed(tmp_path, monkeypatch, script, erro
     assert "FAILED  [1/1] panet_synthetic_mri_s1_f0_k1_seed0_cpu" in log.path.read_text()
 
 
-@pytest.mark.parametrize("devices", ["cpu:0", "0,0", "x", "cpu:2x0", "cpu:2x", "cpu:x1"])
+def test_a_repeated_gpu_id_gives_slots_sharing_that_gpu(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    slots = parse_devices("0,0")
+    assert [(s.name, s.env()["CUDA_VISIBLE_DEVICES"], s.cpus) for s in slots] == [
+        ("cuda:0", "0", (0, 1)),
+        ("cuda:0#2", "0", (2, 3)),
+    ]
+
+
+@pytest.mark.parametrize("devices", ["cpu:0", "0,x", "x", "cpu:2x0", "cpu:2x", "cpu:x1"])
 def test_bad_device_strings(devices):
     from fsmis_bench.errors import ConfigError
 
