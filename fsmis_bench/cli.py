@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from fsmis_bench.errors import FsmisError
+from fsmis_bench.errors import ConfigError, FsmisError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,6 +34,14 @@ def _run(args: argparse.Namespace) -> int:
         source_dataset=args.source_dataset,
         source_data_root=args.source_data_root,
     )
+    if args.dry_run:
+        from fsmis_bench.runner.dry_run import dry_run, format_dry_run
+
+        report = dry_run(request)
+        print(json.dumps(report, indent=2) if args.json else format_dry_run(report))
+        return 0
+    if args.json:
+        raise ConfigError("--json goes with --dry-run (a run prints its result folder)")
     run_dir = execute_run(request)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     dice = summary["dice"]
@@ -157,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--source-data-root", default=None, help="folder of the source dataset (like --data-root)"
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the models on the meta device and print parameters, weights and a memory estimate",
+    )
+    run.add_argument("--json", action="store_true", help="with --dry-run: the report as JSON")
     run.set_defaults(func=_run)
 
     lst = sub.add_parser("list", help="methods, datasets and profiles")
