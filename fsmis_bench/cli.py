@@ -13,6 +13,7 @@ from fsmis_bench.errors import ConfigError, FsmisError
 
 
 def _run(args: argparse.Namespace) -> int:
+    _check_run_names(args)
     from fsmis_bench.runner.experiment import RunRequest, execute_run
 
     if not args.verbose:
@@ -50,6 +51,19 @@ def _run(args: argparse.Namespace) -> int:
     for name, values in summary.get("secondary_metrics", {}).items():
         print(f"  {name} % " + "  ".join(f"{k}={_pct(v)}" for k, v in values.items()))
     return 0
+
+
+def _check_run_names(args: argparse.Namespace) -> None:
+    """Method, dataset, profile and fold, checked from torch-free modules: a typo is answered at once."""
+    from fsmis_bench.data.datasets import get_dataset
+    from fsmis_bench.protocol.splits import check_fold
+    from fsmis_bench.registry import check_profile, get_method
+
+    get_method(args.method)
+    for name in filter(None, (args.dataset, args.source_dataset)):
+        get_dataset(name)
+    check_profile(args.profile)
+    check_fold(args.fold)
 
 
 def _pct(value: float | None) -> str:

@@ -60,11 +60,16 @@ def get_method(name: str) -> MethodEntry:
         raise ConfigError(f"unknown method '{name}'; known methods: {', '.join(METHODS)}") from None
 
 
+def check_profile(profile: str) -> None:
+    """ConfigError unless ``profile`` is one of the profiles every method has."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}'; known profiles: {', '.join(PROFILES)}")
+
+
 def profile_path(method: str, profile: str) -> Path:
     """The YAML of a method's profile, inside the method's package folder."""
     entry = get_method(method)
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile '{profile}'; known profiles: {', '.join(PROFILES)}")
+    check_profile(profile)
     module = importlib.import_module(entry.package)
     path = Path(module.__file__).parent / "configs" / f"{profile}.yaml"  # type: ignore[arg-type]
     if not path.exists():

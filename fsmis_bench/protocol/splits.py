@@ -27,6 +27,12 @@ def _fold_bounds(n: int) -> list[int]:
     return [k * n // N_FOLDS for k in range(N_FOLDS + 1)]
 
 
+def check_fold(fold: int) -> None:
+    """ConfigError unless ``fold`` is one of the five folds."""
+    if not 0 <= fold < N_FOLDS:
+        raise ConfigError(f"--fold {fold}: fold out of range (valid: 0..{N_FOLDS - 1})")
+
+
 def fold_plan(
     scan_ids: Sequence[int],
     fold: int,
@@ -42,8 +48,7 @@ def fold_plan(
     """
     ids = sorted(int(i) for i in scan_ids)
     n = len(ids)
-    if not 0 <= fold < N_FOLDS:
-        raise ConfigError(f"--fold {fold}: fold out of range (valid: 0..{N_FOLDS - 1})")
+    check_fold(fold)
     if shots < 1:
         raise ConfigError(f"--shots {shots}: must be at least 1")
     if n < N_FOLDS + shots:
