@@ -211,7 +211,12 @@ def execute_run(request: RunRequest) -> Path:
     final_dir = output / request.run_id
     tmp_dir = output / f".tmp-{request.run_id}-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{output}: the output folder is an existing file")
+    try:
+        tmp_dir.mkdir(parents=True)
+    except OSError as exc:  # not writable, read-only file system, a file on the way, ...
+        raise ConfigError(f"{output}: cannot write into the output folder ({exc.strerror})") from None
     started = time.perf_counter()
     try:
         model_cls_traits = _traits_of(config)

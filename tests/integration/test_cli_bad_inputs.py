@@ -3,10 +3,14 @@ written (CLI ``main`` in-process, except where the point is what the process imp
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from fsmis_bench.cli import main
 
 #: Prints which heavy modules the CLI imported before answering.
 _IMPORTS_PROBE = (
@@ -32,3 +36,54 @@ def test_bad_names_are_answered_before_torch_is_imported(tmp_path, args, message
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def _one_line(capsys, status: int, pattern: str) -> str:
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and pattern in err[0], err
+    return err[0]
+
+
+def _run(tmp_path: Path, data_root: Path, output: Path, *extra: str, method: str = "copy_support") -> int:
+    args = ["run", "--method", method, "--fold", "0", "--data-root", str(data_root), "--profile", "smoke"]
+    return main([*args, "--output", str(output), "--cache-dir", str(tmp_path / "cache"), *extra])
+
+
+def test_output_is_an_existing_file(tmp_path, tiny_mri_root, capsys):
+    output = tmp_path / "runs"
+    output.write_text("notes\n")
+    status = _run(tmp_path, tiny_mri_root, output)
+    _one_line(capsys, status, f"{output}: the output folder is an existing file")
+    assert output.read_text() == "notes\n"
+
+
+def test_output_below_a_file(tmp_path, tiny_mri_root, capsys):
+    (tmp_path / "runs").write_text("")
+    status = _run(tmp_path, tiny_mri_root, tmp_path / "runs" / "sub")
+    _one_line(capsys, status, "runs/sub: cannot write into the output folder (Not a directory)")
+
+
+def test_output_not_writable(tmp_path, tiny_mri_root, capsys, monkeypatch):
+    """A folder the user may not write to (simulated: the tests may run as root, which writes anywhere)."""
+    output = tmp_path / "readonly"
+    output.mkdir()
+    real_mkdir = Path.mkdir
+
+    def refuse(path: Path, *args, **kwargs) -> None:
+        if output in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    status = _run(tmp_path, tiny_mri_root, output)
+    _one_line(capsys, status, f"{output}: cannot write into the output folder (Permission denied)")
+    assert not any(output.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_output_read_only_folder(tmp_path, tiny_mri_root, capsys):
+    output = tmp_path / "readonly"
+    output.mkdir(mode=0o500)
+    status = _run(tmp_path, tiny_mri_root, output / "runs")
+    _one_line(capsys, status, "cannot write into the output folder (Permission denied)")
