@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,10 @@ from fsmis_bench.data.superpixels import superpixel_volume
 from fsmis_bench.data.volumes import Volume, read_volume, scan_paths
 
 CACHE_VERSION = "1"
+#: What reading a truncated, corrupt or foreign entry raises (zip structure, CRC, array header, JSON, pickle).
+UNREADABLE_ENTRY = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError)
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -120,8 +127,19 @@ class SliceCache:
             path = self._path(scan_id, with_superpixels, superpixel_compat)
             # An entry with superpixels serves a request without them too.
             for candidate in (path, self._path(scan_id, True, superpixel_compat)):
-                if candidate.exists():
+                if not candidate.exists():
+                    continue
+                try:
                     return self._read(candidate, scan_id)
+                except UNREADABLE_ENTRY as exc:  # truncated or damaged on disk: never trusted, rebuilt
+                    log.warning(
+                        "%s: unreadable slice cache entry (%s: %s); recomputing it",
+                        candidate,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    # rebuilt below at ``path`` by os.replace; a damaged superpixel entry when next requested
+                    break
         volume = read_volume(self.spec, self.layout_dir, scan_id)
         scan = self._compute(volume, with_superpixels, superpixel_compat)
         if path is not None:

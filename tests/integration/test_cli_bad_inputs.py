@@ -3,6 +3,8 @@ written (CLI ``main`` in-process, except where the point is what the process imp
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,6 +45,10 @@ def _one_line(capsys, status: int, pattern: str) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and pattern in err[0], err
     return err[0]
+
+
+#: Model-resolution slices of the tiny dataset's size (the floors' profiles upsample to 256).
+SMALL = ("--set", "data.image_size=64")
 
 
 def _run(tmp_path: Path, data_root: Path, output: Path, *extra: str, method: str = "copy_support") -> int:
@@ -87,3 +93,17 @@ def test_output_read_only_folder(tmp_path, tiny_mri_root, capsys):
     output.mkdir(mode=0o500)
     status = _run(tmp_path, tiny_mri_root, output / "runs")
     _one_line(capsys, status, "cannot write into the output folder (Permission denied)")
+
+
+def test_truncated_cache_entry_is_a_warning_and_the_same_result(tmp_path, tiny_mri_root, caplog):
+    output = tmp_path / "runs"
+    assert _run(tmp_path, tiny_mri_root, output, *SMALL) == 0
+    first = json.loads(next(output.iterdir()).joinpath("summary.json").read_text())
+    entry = sorted((tmp_path / "cache" / "slices").glob("*.npz"))[0]
+    entry.write_bytes(entry.read_bytes()[:1000])
+    caplog.clear()
+    assert _run(tmp_path, tiny_mri_root, output, *SMALL) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and f"{entry}: unreadable slice cache entry (BadZipFile" in warned[0], warned
+    again = json.loads(next(output.iterdir()).joinpath("summary.json").read_text())
+    assert again["dice"] == first["dice"]
