@@ -10,12 +10,13 @@ entry with different fingerprints or profiles are refused unless ``allow_mixed``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from fsmis_bench.data.datasets import ORGANS
-from fsmis_bench.errors import FsmisError
+from fsmis_bench.errors import DataError, FsmisError
 from fsmis_bench.metrics.aggregate import summarize_cases, summarize_folds
 from fsmis_bench.runner.store import ResultsStore
 
@@ -26,6 +27,16 @@ COLUMNS = (
     "hd95", "n_folds", "n_seeds", "n_cases", "profile", "budget", "job_minutes", "fingerprint", "evidence_level",
     "source",
 )  # fmt: skip
+#: Result columns read as numbers (a value that is not one is an error naming its row).
+NUMBER_COLUMNS = {
+    "fold": int,
+    "shots": int,
+    "seed": int,
+    "valid_cases": int,
+    "dice": float,
+    "hd95": float,
+    "seconds": float,
+}
 ENTRY_RANK = {"reproduced": 0, "reference": 0, "published": 1}
 ORGAN_RANK = {organ: rank for rank, organ in enumerate((*ORGANS, "mean"))}
 
@@ -44,14 +55,24 @@ def load_results(results_dirs: str | Sequence[str]) -> pd.DataFrame:
             raise FsmisError(
                 f"{store.path}: no ok results (run `fsmis-bench sweep SPEC --results {results_dir}`)"
             )
-        rows += ok
-    frame = pd.DataFrame(rows)
-    for column in ("fold", "shots", "seed", "valid_cases"):  # setting stays a string: 1, 2 or cross
-        frame[column] = frame[column].astype(int)
-    for column in ("dice", "hd95", "seconds"):
-        frame[column] = frame[column].astype(float)
+        rows += [_typed(row, store.path) for row in ok]
+    frame = pd.DataFrame(rows)  # setting stays a string: 1, 2 or cross
     frame["reference"] = frame["reference"] == "true"
     return frame
+
+
+def _typed(row: dict[str, str], path: Path) -> dict[str, Any]:
+    """The row with its number columns as numbers; a cell that is not one is a DataError naming it."""
+    typed: dict[str, Any] = dict(row)
+    for column, kind in NUMBER_COLUMNS.items():
+        try:
+            typed[column] = kind(row[column])
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise DataError(
+                f"{path}: row of job {row['key']} ({row['organ']}): {column}={row[column]!r} is not {what}"
+            ) from None
+    return typed
 
 
 def _check_uniform(rows: pd.DataFrame, where: str, allow_mixed: bool) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from filelock import FileLock
 
 from fsmis_bench.data.datasets import ORGANS
+from fsmis_bench.errors import DataError
 
 COLUMNS = (
     "key", "status", "method", "dataset", "source_dataset", "setting", "fold", "shots", "seed", "profile", "organ", "dice",
@@ -65,11 +66,30 @@ class ResultsStore:
             self._replace(sorted(kept + new, key=_order))
 
     def rows(self) -> list[dict[str, str]]:
-        """Every row, as strings (a consistent snapshot: the file is only ever replaced whole)."""
+        """Every row, as strings (a consistent snapshot: the file is only ever replaced whole).
+
+        A file that is not this table (not text, a column missing or unknown, a row with more or fewer fields
+        than the header) is a DataError naming the file and line: no row is dropped, cut or padded.
+        """
         if not self.path.exists():
             return []
-        with self.path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        text = _read_text(self.path)
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        try:
+            header = next(reader, [])
+            _check_header(self.path, header)
+            rows = []
+            for fields in reader:
+                if not fields:  # a blank line
+                    continue
+                if len(fields) != len(header):
+                    raise DataError(
+                        f"{self.path}, line {reader.line_num}: {len(fields)} fields where the header has "
+                        f"{len(header)} (a cut or hand-edited row?)"
+                    )
+                rows.append(dict(zip(header, fields)))
+        except csv.Error as exc:
+            raise DataError(f"{self.path}, line {reader.line_num}: not CSV ({exc})") from None
         return [{column: "" for column in LATER_COLUMNS} | row for row in rows]
 
     def state(self) -> dict[str, tuple[str, str]]:
@@ -84,6 +104,37 @@ class ResultsStore:
         writer.writeheader()
         writer.writerows(rows)
         write_atomic(self.path, buffer.getvalue().encode())
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not a results table (binary: byte {data[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise DataError(f"{path}: not a results table (binary: NUL byte at offset {nul})")
+    return text
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """The header names every column but those added later (older stores lack them), and no other."""
+    if not header:
+        raise DataError(f"{path}: not a results table (empty)")
+    missing = [c for c in COLUMNS if c not in header and c not in LATER_COLUMNS]
+    unknown = [c for c in header if c not in COLUMNS]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if not (missing or unknown or repeated):
+        return
+    problems = [
+        f"{label} column(s) {', '.join(names)}"
+        for label, names in (("missing", missing), ("unknown", unknown), ("repeated", repeated))
+        if names
+    ]
+    raise DataError(f"{path}: not a results table ({'; '.join(problems)})")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
