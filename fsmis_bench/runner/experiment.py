@@ -46,6 +46,7 @@ TRAINER_KEYS = {
     "precision",
     "max_time",
     "log_every_n_steps",
+    "limit_test_batches",  # checks only (make gpu-check): test the first N (query scan, organ) cases
 }
 CASE_COLUMNS = [
     "fold",
