@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install lock demo test test-slow lint format clean bench leaderboard regression update-baselines
+.PHONY: install lock demo test test-slow lint format clean bench leaderboard regression update-baselines gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,3 +75,12 @@ clean:
 ## Performance harness: throughput, FLOP utilisation, data wait, batched vs looped EP1, memory, metrics vs MONAI.
 bench: $(STAMP)
 	$(BIN)/python benchmark/perf.py
+
+## GPU readiness (README, "Dry run and GPU check"): every method's paper profile at full size with random
+## weights, 20 training steps and one EP1 test case each, then a two-slot sweep on GPU 0 (--devices 0,0);
+## writes gpu_check.json and gpu_check.md into $(OUT) (the environment's OUT when set). DEVICE=cpu: the same
+## at smoke sizes.
+DEVICE ?= cuda
+OUT ?= gpu_check
+gpu-check: $(STAMP)
+	$(BIN)/python benchmark/gpu_check.py --device $(DEVICE) --out $(OUT)
