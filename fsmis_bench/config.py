@@ -32,11 +32,25 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line report in one line: where (1-based line and column) and what."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark:
+        mark = exc.problem_mark
+        context = f" ({exc.context})" if exc.context else ""
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}{context}"
+    return " ".join(str(exc).split())
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = parse_yaml(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise ConfigError(f"{path}: not a YAML text file (byte {byte:#04x} at offset {exc.start})") from None
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read YAML ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -52,7 +66,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         try:
             value = parse_yaml(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item}: value is not valid YAML ({exc})") from exc
+            raise ConfigError(f"--set {item}: value is not valid YAML ({yaml_problem(exc)})") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -107,3 +107,28 @@ def test_truncated_cache_entry_is_a_warning_and_the_same_result(tmp_path, tiny_m
     assert len(warned) == 1 and f"{entry}: unreadable slice cache entry (BadZipFile" in warned[0], warned
     again = json.loads(next(output.iterdir()).joinpath("summary.json").read_text())
     assert again["dice"] == first["dice"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (bytes(range(256)), ": not a YAML text file (byte 0x80 at offset 128)"),
+        (b"run:\n  method: [panet\n  fold: 0\n", ": not valid YAML (line 3, column 7: expected ',' or ']'"),
+        (b"run:\n  method: panet\n\tfold: 0\n", ": not valid YAML (line 3, column 1: found character '\\t'"),
+        (b"run: {method: panet, fold: 0}\nnote: \x01\n", ": not valid YAML (unacceptable character #x0001"),
+        (b"a sentence, not a spec\n", ": expected a mapping at the top level"),
+    ],
+)
+def test_sweep_spec_that_is_not_yaml(tmp_path, capsys, content, message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(content)
+    status = main(["sweep", str(spec), "--dry-run", "--results", str(tmp_path / "results")])
+    _one_line(capsys, status, f"{spec}{message}")
+    assert not (tmp_path / "results").exists()
+
+
+def test_set_value_that_is_not_yaml(tmp_path, capsys):
+    status = _run(tmp_path, tmp_path / "no-data", tmp_path / "runs", "--set", "trainer.max_steps=[1")
+    _one_line(
+        capsys, status, "--set trainer.max_steps=[1: value is not valid YAML (line 1, column 3: expected"
+    )
