@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from fsmis_bench.data.datasets import DatasetSpec
 from fsmis_bench.errors import DataError
@@ -69,11 +70,34 @@ def scan_paths(layout_dir: Path, scan_id: int) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def _written_spacing(path: Path) -> tuple[float, ...]:
+    """The spatial voxel sizes as the NIfTI header holds them; empty where the file is no NIfTI header.
+
+    ``nib.load`` replaces a zero size by 1 mm and a negative one by its absolute value (and logs it): a wrong
+    spacing that silently changes every HD95, so the sizes are read before nibabel repairs them.
+    """
+    with ImageOpener(path) as fileobj:
+        block = fileobj.read(nib.Nifti2Header.template_dtype.itemsize)
+    for header_class in (nib.Nifti1Header, nib.Nifti2Header):
+        size = header_class.template_dtype.itemsize
+        header = header_class(block[:size], check=False) if len(block) >= size else None
+        if header is not None and int(header["sizeof_hdr"]) == size:
+            n_spatial = min(max(int(header["dim"][0]), 0), 3)
+            return tuple(float(z) for z in header["pixdim"][1 : 1 + n_spatial])
+    return ()
+
+
 def _load_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     try:
+        written = _written_spacing(path)
+        if not all(np.isfinite(z) and z > 0 for z in written):
+            sizes = ", ".join(f"{z:g}" for z in written)
+            raise DataError(f"{path}: voxel spacing (x, y, z) = ({sizes}) mm in the header; each must be > 0")
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
         zooms = img.header.get_zooms()
+    except DataError:
+        raise
     except Exception as exc:  # nibabel raises many types for truncated or foreign files
         raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
     if data.ndim != 3:
@@ -93,8 +117,6 @@ def read_volume(spec: DatasetSpec, layout_dir: Path, scan_id: int) -> Volume:
         raise DataError(f"{label_path}: label shape {label.shape} does not match image shape {image.shape}")
     if not np.isfinite(image).all():
         raise DataError(f"{image_path}: image contains NaN or infinite values")
-    if spacing[0] <= 0 or spacing[1] <= 0 or spacing[2] <= 0:
-        raise DataError(f"{image_path}: invalid voxel spacing {spacing}")
     label_ids = np.unique(label)
     if not np.array_equal(label_ids, np.round(label_ids)):
         raise DataError(f"{label_path}: label volume holds non-integer values")

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from fsmis_bench.cli import main
@@ -132,3 +135,41 @@ def test_set_value_that_is_not_yaml(tmp_path, capsys):
     _one_line(
         capsys, status, "--set trainer.max_steps=[1: value is not valid YAML (line 1, column 3: expected"
     )
+
+
+@pytest.fixture()
+def data_copy(tmp_path: Path, tiny_mri_root: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(tiny_mri_root, target)
+    return target
+
+
+def _rewrite(path: Path, edit) -> None:
+    """Rewrite a NIfTI file, letting ``edit`` change its header (nibabel writes pixdim as given)."""
+    img = nib.load(str(path))
+    out = nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header)
+    edit(out.header)
+    nib.save(out, str(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "pixdim", "shown"),
+    [
+        ("image_8.nii.gz", (0.0, 5.0, 7.7), "(0, 5, 7.7)"),
+        ("image_2.nii.gz", (5.0, 5.0, -7.7), "(5, 5, -7.7)"),
+        ("label_13.nii.gz", (5.0, 0.0, 7.7), "(5, 0, 7.7)"),
+    ],
+)
+def test_nifti_spacing_that_is_not_positive(tmp_path, data_copy, capfd, name, pixdim, shown):
+    """nibabel would read 0 as 1 mm and a negative size as its absolute value: HD95 silently changes."""
+
+    def set_pixdim(header) -> None:
+        header["pixdim"][1:4] = pixdim
+
+    _rewrite(data_copy / name, set_pixdim)
+    status = _run(tmp_path, data_copy, tmp_path / "runs", *SMALL)
+    message = _one_line(
+        capfd, status, f"{data_copy / name}: voxel spacing (x, y, z) = {shown} mm in the header"
+    )
+    assert message.endswith("each must be > 0")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
