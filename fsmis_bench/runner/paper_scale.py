@@ -90,27 +90,19 @@ def pretrained_source(
     entry ``a|b`` is found when either is there."""
     prefix = f"{subfolder}/" if subfolder else ""
     relative = (f"{prefix}config.json", f"{prefix}{weight_file}", *extra_files)
-    located = [
-        next(filter(None, (locate(root, f) for f in alternatives.split("|"))), None)
-        for alternatives in relative
-    ]
-    config_file = located[0]
-    if use_folders and config_file is not None:
-        config, source = (
-            architecture_keys(json.loads(config_file.read_text(encoding="utf-8"))),
-            str(config_file),
-        )
+    located = [next(filter(None, (locate(root, f) for f in entry.split("|"))), None) for entry in relative]
+    if use_folders and located[0] is not None:
+        config = architecture_keys(json.loads(located[0].read_text(encoding="utf-8")))
+        source = str(located[0])
     else:
-        config, source = (
-            architecture(arch),
-            f"built-in {path_of(arch).name} (fsmis_bench/methods/sd_architectures)",
-        )
+        config = architecture(arch)
+        source = f"built-in {path_of(arch).name} (fsmis_bench/methods/sd_architectures)"
     where = f"{root}/{subfolder}" if subfolder else str(root)
     component = Component(
         name,
         modules,
         weights=f"{where} (save_pretrained folder or cached hub id, offline)",
-        files=tuple(" or ".join(f"{root}/{f}" for f in alternatives.split("|")) for alternatives in relative),
+        files=tuple(" or ".join(f"{root}/{f}" for f in entry.split("|")) for entry in relative),
         found=root is not None and all(p is not None for p in located),
         architecture=source,
     )
@@ -173,8 +165,8 @@ def _progidiff(init_args: dict[str, Any], use_folders: bool) -> tuple[PaperScale
         sets[kind] = config
     new_backbone = {**backbone, "pretrained_path": None, "allow_random_init": True, **sets}
     notes = [
-        "text_encoder: a random-init build uses a local character tokenizer, so its vocabulary (and embedding) is "
-        "smaller than CLIP's; the dry run sizes CLIP's"
+        "text_encoder: sized from its config; a random-init build (make gpu-check) has a local character "
+        "tokenizer, a smaller vocabulary and so a smaller embedding"
     ]
     exact = {"model.text_encoder": ("text_encoder", sets["text_encoder"])}
     return PaperScalePlan([*components, controlnet], [], notes, exact), {"backbone": new_backbone}
