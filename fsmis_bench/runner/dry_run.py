@@ -78,7 +78,7 @@ def dry_run(request: RunRequest) -> dict[str, Any]:
         "memory_estimate_gb": round(sum(memory.values()) / GB, 2),
         "memory_breakdown_gb": {k: round(v / GB, 3) for k, v in memory.items()},
         "estimate": FORMULA,
-        "overrides": plan.overrides,
+        "weightless_build": plan.overrides,  # the --set values the meta build used in place of the weights
         "notes": notes,
     }
 
