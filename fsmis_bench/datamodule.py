@@ -19,6 +19,7 @@ from fsmis_bench.batch import EpisodeBatch, as_three_channels
 from fsmis_bench.data.cache import ScanSlices, SliceCache, default_cache_dir
 from fsmis_bench.data.datasets import ORGANS, DatasetSpec, get_dataset
 from fsmis_bench.data.sources import locate_dataset
+from fsmis_bench.data.volumes import scan_paths
 from fsmis_bench.errors import ConfigError, DataError
 from fsmis_bench.protocol.augment import AugmentConfig
 from fsmis_bench.protocol.episodes import (
@@ -27,7 +28,7 @@ from fsmis_bench.protocol.episodes import (
     SuperpixelEpisodes,
     TrainingScan,
 )
-from fsmis_bench.protocol.evaluation import QueryTask, plan_queries
+from fsmis_bench.protocol.evaluation import CHUNK_PERCENTILES, QueryTask, plan_queries, volume_problem
 from fsmis_bench.protocol.settings import allowed_slices, excluded_labels, organs_of, training_classes
 from fsmis_bench.protocol.splits import fold_plan
 
@@ -186,6 +187,7 @@ class FewShotDataModule(L.LightningDataModule):
         for scan_id in self.plan.support_ids + self.plan.query_ids:
             self.scans[scan_id] = cache.load(scan_id)
         self._check_support_organs(layout_dir)
+        self._check_test_volumes(layout_dir)
         self._norm = self._normalisation_params(self.scans, self.plan.train_ids, self.resolved_normalisation)
         if self.source_spec is not None:
             self._load_source(self.source_spec, superpixels)
@@ -209,6 +211,18 @@ class FewShotDataModule(L.LightningDataModule):
                     raise DataError(
                         f"{layout_dir / f'label_{scan_id}.nii.gz'}: organ {organ} "
                         f"(label {self.spec.organ_label[organ]}) is absent from the support scan of fold {self.fold}"
+                    )
+
+    def _check_test_volumes(self, layout_dir: Path) -> None:
+        """Support and query volumes with a slice per chunk and slices fit for the method's input size."""
+        n_chunks = len(CHUNK_PERCENTILES) if self.eval_mode == "ep1" else 1
+        for role, scan_ids in (("support", self.plan.support_ids), ("query", self.plan.query_ids)):
+            for scan_id in scan_ids:
+                problem = volume_problem(self.scans[scan_id].native_shape, self.image_size, n_chunks)
+                if problem:
+                    image_path = scan_paths(layout_dir, scan_id)[0]
+                    raise DataError(
+                        f"{image_path}: {role} scan of fold {self.fold} ({self.eval_mode}): {problem}"
                     )
 
     def _load_source(self, spec: DatasetSpec, superpixels: bool) -> None:

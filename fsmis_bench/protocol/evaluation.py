@@ -14,6 +14,9 @@ EVAL_MODES = ("ep1", "ep2")
 CHUNK_RULES = ("alpnet", "qnet")
 #: Support percentiles of the three EP1 chunks (a single chunk would use 1/2).
 CHUNK_PERCENTILES = (1 / 6, 1 / 2, 5 / 6)
+#: How much a native slice may be enlarged to the model's input size (4: 64-pixel test volumes at 256);
+#: beyond it the method would segment detail that interpolation invented.
+MAX_UPSAMPLING = 4
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,24 @@ def qnet_chunks(n_positive: int, n_chunks: int = 3) -> np.ndarray:
     for j in range(n_chunks):
         chunks[bounds[j] : bounds[j + 1]] = j
     return chunks
+
+
+def volume_problem(native_shape: Sequence[int], image_size: int, n_chunks: int = 3) -> str | None:
+    """Why a support or query volume of (Z, H, W) ``native_shape`` cannot be tested, or None.
+
+    It needs a slice per chunk (EP1: three, each with its own support slice) and slices at least
+    ``image_size / MAX_UPSAMPLING`` pixels wide, the method's input being ``image_size`` square.
+    """
+    depth, height, width = native_shape
+    if depth < n_chunks:
+        return f"{depth} slice(s), fewer than the {n_chunks} EP1 chunks"
+    smallest = math.ceil(image_size / MAX_UPSAMPLING)
+    if min(height, width) < smallest:
+        return (
+            f"{height}x{width} slices are too small for the method's {image_size}x{image_size} input "
+            f"(at least {smallest}x{smallest}: at most {MAX_UPSAMPLING}x upsampling)"
+        )
+    return None
 
 
 def plan_queries(

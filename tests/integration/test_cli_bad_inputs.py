@@ -173,3 +173,30 @@ def test_nifti_spacing_that_is_not_positive(tmp_path, data_copy, capfd, name, pi
     )
     assert message.endswith("each must be > 0")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def _replace_scan(folder: Path, scan_id: int, in_plane: int, n_slices: int) -> None:
+    """A (n_slices, in_plane, in_plane) scan holding the four CHAOS organs in quadrants of every slice."""
+    affine = nib.load(str(folder / f"image_{scan_id}.nii.gz")).affine
+    label = np.zeros((in_plane, in_plane, n_slices), np.uint8)  # nibabel order (X, Y, Z)
+    half = in_plane // 2
+    label[:half, :half], label[half:, :half], label[:half, half:], label[half:, half:] = 1, 2, 3, 4
+    image = (100.0 + 50.0 * label).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, affine), str(folder / f"image_{scan_id}.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(folder / f"label_{scan_id}.nii.gz"))
+
+
+@pytest.mark.parametrize(
+    ("scan_id", "in_plane", "n_slices", "message"),
+    [
+        (8, 8, 3, "support scan of fold 0 (ep1): 8x8 slices are too small for the method's 64x64 input"),
+        (1, 8, 3, "query scan of fold 0 (ep1): 8x8 slices are too small for the method's 64x64 input"),
+        (8, 64, 2, "support scan of fold 0 (ep1): 2 slice(s), fewer than the 3 EP1 chunks"),
+        (5, 64, 1, "query scan of fold 0 (ep1): 1 slice(s), fewer than the 3 EP1 chunks"),
+    ],
+)
+def test_support_or_query_volume_too_small(tmp_path, data_copy, capsys, scan_id, in_plane, n_slices, message):
+    _replace_scan(data_copy, scan_id, in_plane, n_slices)
+    status = _run(tmp_path, data_copy, tmp_path / "runs", *SMALL)
+    _one_line(capsys, status, f"{data_copy / f'image_{scan_id}.nii.gz'}: {message}")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -5,7 +5,13 @@ import pytest
 
 from fsmis_bench.data.cache import class_index
 from fsmis_bench.data.datasets import ABD_MRI
-from fsmis_bench.protocol.evaluation import alpnet_chunks, plan_queries, qnet_chunks, support_slice_indices
+from fsmis_bench.protocol.evaluation import (
+    alpnet_chunks,
+    plan_queries,
+    qnet_chunks,
+    support_slice_indices,
+    volume_problem,
+)
 
 
 def test_support_slices_at_one_sixth_half_five_sixths():
@@ -62,3 +68,14 @@ def test_chunk_rules_differ_on_33_chaos_organ_slices(chaos_labels):
             total += len(positive)
     # protocol §6.2: 33 of the 1320 organ slices of the §1.4 check table change chunk.
     assert (differing, total) == (33, 1320)
+
+
+def test_volume_problem_bounds():
+    """A slice per chunk, and at most 4x upsampling to the method's input (64-pixel volumes at 256 pass)."""
+    assert volume_problem((3, 64, 64), 256) is None
+    assert volume_problem((3, 64, 63), 256) == (
+        "64x63 slices are too small for the method's 256x256 input (at least 64x64: at most 4x upsampling)"
+    )
+    assert volume_problem((2, 256, 256), 256) == "2 slice(s), fewer than the 3 EP1 chunks"
+    assert volume_problem((1, 256, 256), 256, n_chunks=1) is None  # EP2: one chunk
+    assert volume_problem((1, 8, 8), 32, n_chunks=1) is None
