@@ -463,3 +463,17 @@ def test_smoke_profile_fits_and_tests_two_models_through_the_cli(tmp_path, tiny_
     assert info["weights"]["unet"] == "random init from config" and info["vae_pretraining"]["steps"] == 2
     assert set(summary["dice"]) == {"liver", "spleen", "kidney_left", "kidney_right", "mean"}
     assert (run_dir / "scheduler" / "scheduler_config.json").exists()
+
+
+def test_dinov2_crop_is_the_processors_not_the_position_table_size():
+    """DINOv2-base's config says image_size 518 (its position table); its processor crops 224 (16x16 patches)."""
+    dinov2 = Dinov2Model(Dinov2Config(**DINO, image_size=56, patch_size=7))
+    default = VisualTextualTranslator(dinov2, output_dim=12)
+    cropped = VisualTextualTranslator(dinov2, output_dim=12, crop_size=28)
+    images = torch.rand(2, 3, 64, 64)
+    assert default.patch_features(images).shape[-2:] == (8, 8)
+    assert cropped.patch_features(images).shape[-2:] == (4, 4)
+    with pytest.raises(ValueError, match="multiple of its patch size"):
+        VisualTextualTranslator(dinov2, output_dim=12, crop_size=30)
+    paper = resolve_config(RunRequest(method="sd_fsmis", fold=0, profile="paper"))
+    assert paper["model"]["init_args"]["vtct"]["crop_size"] == 224

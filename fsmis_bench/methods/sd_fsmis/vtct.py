@@ -44,6 +44,7 @@ class VisualTextualTranslator(nn.Module):
         hidden_dim: int | None = None,
         num_hidden_layers: int = 2,
         enabled: bool = True,
+        crop_size: int | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder.eval().requires_grad_(False)
@@ -53,8 +54,12 @@ class VisualTextualTranslator(nn.Module):
         )
         # ablation `enabled: false` (docs/methods/sd_fsmis.md §12 #11): a learned constant token
         self.constant = None if enabled else nn.Parameter(torch.zeros(output_dim))
-        self.crop = int(encoder.config.image_size)
+        # The processor's centre crop (224 for facebook/dinov2-base), not the model config's image_size, which
+        # sizes the position-embedding table (518 there) and would give a 37x37 patch grid instead of 16x16.
+        self.crop = int(crop_size or encoder.config.image_size)
         self.patch = int(encoder.config.patch_size)
+        if self.crop % self.patch:
+            raise ValueError(f"DINOv2 crop_size {self.crop} is not a multiple of its patch size {self.patch}")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
