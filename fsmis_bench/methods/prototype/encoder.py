@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 from torch import Tensor, nn
 
 from fsmis_bench.errors import ConfigError
 from fsmis_bench.methods.prototype.resnet import DilatedResNet, load_backbone_weights
+
+log = logging.getLogger(__name__)
+
+RESNET_WEIGHTS_REQUIRED = (
+    "model.init_args.encoder.pretrained_path is not set: encoder kind resnet101 needs the COCO-pretrained "
+    "DeepLabv3 backbone, a local torchvision deeplabv3_resnet101 state dict file "
+    "(deeplabv3_resnet101_coco-586e9e4e.pth, or its tensors as .safetensors); pass "
+    "--set model.init_args.encoder.pretrained_path=/path/to/file, or set encoder.allow_random_init: true to "
+    "train from random weights"
+)
 
 
 def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -70,18 +82,31 @@ class FeatureEncoder(nn.Module):
         output_stride: int = 4,
         depth: int = 4,
         pretrained_path: str | None = None,
+        allow_random_init: bool = False,
     ) -> None:
+        """``resnet101`` refuses to start without ``pretrained_path`` unless ``allow_random_init`` (a paper run
+        must never silently train a random backbone); ``tiny`` is always trained from scratch."""
         super().__init__()
+        #: Where the ResNet-101 weights came from (recorded with the results); None for the tiny encoder.
+        self.weights: str | None = None
         if kind == "tiny":
+            if pretrained_path:
+                raise ConfigError("pretrained_path is only supported for encoder kind resnet101")
             self.backbone: nn.Module = TinyEncoder(width, output_stride, depth)
         elif kind == "resnet101":
+            if not pretrained_path and not allow_random_init:
+                raise ConfigError(RESNET_WEIGHTS_REQUIRED)
             self.backbone = DilatedResNet()
             if pretrained_path:
                 load_backbone_weights(self.backbone, pretrained_path)
+                self.weights = f"pretrained: {pretrained_path}"
+            else:
+                log.warning(
+                    "encoder resnet101: RANDOMLY INITIALISED (allow_random_init: true, no pretrained_path)"
+                )
+                self.weights = "random init (allow_random_init)"
         else:
             raise ConfigError(f"unknown encoder kind '{kind}' (known: tiny, resnet101)")
-        if kind == "tiny" and pretrained_path:
-            raise ConfigError("pretrained_path is only supported for encoder kind resnet101")
         self.reduce = nn.Conv2d(self.backbone.out_channels, feature_dim, 1, bias=False)
         self.feature_dim = feature_dim
 

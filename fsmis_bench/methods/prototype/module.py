@@ -93,3 +93,7 @@ class PrototypeSegmenter(FewShotSegmenter):
     def foreground_scores(self, batch: EpisodeBatch) -> Tensor:
         scores, _, _, _ = self.segment(batch)
         return scores[:, 1] - scores[:, 0]
+
+    def run_info(self) -> dict[str, Any]:
+        """Where the ResNet-101 weights came from (pretrained path or random init); nothing for the tiny CNN."""
+        return {"encoder_weights": self.encoder.weights} if self.encoder.weights else {}

@@ -2,7 +2,8 @@
 
 torchvision is not a dependency (its wheels do not match this project's CPU torch), so the backbone of
 DeepLabv3-ResNet101 is written here; ``load_backbone_weights`` accepts a torchvision ``.pth`` state dict of
-``deeplabv3_resnet101`` (keys prefixed ``backbone.``) or of a plain ``resnet101``.
+``deeplabv3_resnet101`` (keys prefixed ``backbone.``) or of a plain ``resnet101``, or the same tensors in a
+``.safetensors`` file. Files are never unpickled beyond tensors (``weights_only``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from fsmis_bench.errors import ConfigError
@@ -85,15 +87,42 @@ class DilatedResNet(nn.Module):
 def load_backbone_weights(model: DilatedResNet, path: str | Path) -> None:
     """Load a torchvision DeepLabv3-ResNet101 or ResNet-101 state dict from a local file (never downloads)."""
     path = Path(path).expanduser()
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"{path}: backbone weights not found (download them on a machine with internet)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = _read_state_dict(path)
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same names, other shapes: the first mismatch follows a header line
+        first = (str(exc).splitlines()[1:] or [str(exc)])[0].strip()
+        raise ConfigError(f"{path}: not a ResNet-101 backbone ({first})") from exc
     if missing or unexpected:
         raise ConfigError(
             f"{path}: not a ResNet-101 backbone (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file or of a ``torch.save``d state dict (optionally under
+    ``state_dict``); anything else is a ConfigError naming the file."""
+    try:
+        if path.suffix == ".safetensors":
+            state = load_safetensors(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    # by content: KeyError, EOFError, RuntimeError, UnpicklingError, SafetensorError...
+    except Exception as exc:
+        first_sentence = str(exc).split(". ")[0].splitlines()[0][:160] if str(exc) else ""
+        raise ConfigError(
+            f"{path}: cannot read the backbone weights as a state dict of tensors "
+            f"({type(exc).__name__}: {first_sentence})"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConfigError(
+            f"{path}: expected a state dict (parameter name -> tensor), got {type(state).__name__}"
+        )
+    return state
