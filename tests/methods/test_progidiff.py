@@ -172,7 +172,7 @@ def test_paper_path_loads_tiny_save_pretrained_models(tmp_path):
 
 
 def test_missing_pretrained_weights_name_the_expected_folder(tmp_path):
-    with pytest.raises(ConfigError, match=r"nowhere/unet"):
+    with pytest.raises(ConfigError, match=r"nowhere: neither a local folder nor a hub id in the local"):
         ProGiDiff(backbone={"model_size": "pretrained", "pretrained_path": str(tmp_path / "nowhere")})
 
 

@@ -1,10 +1,10 @@
 """The frozen text-to-image backbone of ProGiDiff: UNet, VAE, CLIP text encoder and tokenizer
 (docs/methods/README.md §2).
 
-Two sources: a Stable Diffusion folder or cached hub id (``pretrained_path``, loaded subfolder by subfolder with
-``local_files_only=True``, never from the network), or small randomly initialised instances of the SAME
-diffusers/transformers classes (``model_size: tiny``) for tests and CPU runs, with a character-level CLIP
-tokenizer written from local vocab/merges files.
+Two sources: a Stable Diffusion folder or cached hub id (``pretrained_path``, checked and loaded subfolder by
+subfolder with ``local_files_only=True`` from safetensors, never from the network), or small randomly
+initialised instances of the SAME diffusers/transformers classes (``model_size: tiny``) for tests and CPU runs,
+with a character-level CLIP tokenizer written from local vocab/merges files.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from fsmis_bench.errors import ConfigError
+from fsmis_bench.methods.sd_layout import check_component, local_folder, size_mismatches
 from fsmis_bench.methods.tiny_diffusers import TINY_UNET, TINY_VAE
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ TINY_TEXT: dict[str, Any] = {
 #: Characters of the local tokenizer's vocabulary (prompts are lower-case words).
 TOKEN_CHARACTERS = "abcdefghijklmnopqrstuvwxyz"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
+OPTION = "model.init_args.backbone.pretrained_path"
 
 
 @dataclass
@@ -96,21 +98,35 @@ def random_backbone(
 
 
 def pretrained_backbone(path: str) -> Backbone:
-    """Stable Diffusion components from a local ``save_pretrained`` folder or an already cached hub id."""
+    """Stable Diffusion components from a local ``save_pretrained`` folder or an already cached hub id.
+
+    Each subfolder is checked for its class and files, and the configs for sizes that must agree, before
+    anything is loaded (``sd_layout``); weights are read from safetensors only, never unpickled.
+    """
+    try:
+        root = local_folder(path)
+        configs = {subfolder: check_component(root, subfolder) for subfolder in SUBFOLDERS}
+    except ConfigError as exc:
+        layout = ", ".join(f"{s}/" for s in SUBFOLDERS)
+        raise ConfigError(
+            f"{OPTION}: {exc} (expected a Stable Diffusion save_pretrained folder with {layout}, or a hub id "
+            "already in the local cache)"
+        ) from exc
+    mismatches = size_mismatches(configs["unet"], configs["vae"], configs["text_encoder"])
+    if mismatches:
+        raise ConfigError(f"{OPTION} {path}: components of different models ({'; '.join(mismatches)})")
+    options: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
     try:
         return Backbone(
-            unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True),
-            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True),
-            text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True),
-            tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
+            unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", **options),
+            vae=AutoencoderKL.from_pretrained(root, subfolder="vae", **options),
+            text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **options),
+            tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
             source=str(path),
         )
     except (OSError, ValueError) as exc:
-        expected = ", ".join(f"{path}/{s}" for s in SUBFOLDERS)
-        raise ConfigError(
-            f"pretrained_path {path}: cannot load the diffusion backbone offline (expected {expected} in "
-            f"diffusers save_pretrained layout, or a hub id already in the local cache): {exc}"
-        ) from exc
+        one_line = " ".join(str(exc).split())  # library messages span lines; the CLI prints one
+        raise ConfigError(f"{OPTION} {path}: cannot load the diffusion backbone ({one_line})") from exc
 
 
 def build_backbone(

@@ -1,7 +1,8 @@
 """Offline loading of pretrained components (docs/methods/README.md §2.2), or random init from a config.
 
 Weights come from a local ``save_pretrained`` folder or an already cached hub id, with
-``local_files_only=True`` and safetensors only (never unpickled). A missing weight is an error naming the
+``local_files_only=True`` and safetensors only (never unpickled); the ``vae/`` and ``unet/`` subfolders are
+checked for their classes first (``sd_layout``). A missing or misplaced weight is an error naming the
 expected path, unless ``allow_random_init`` is set and a config is given: then the component is built from the
 config, loudly logged, and the fact is recorded with the results (``describe``).
 """
@@ -16,6 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import Dinov2Config, Dinov2Model
 
 from fsmis_bench.errors import ConfigError
+from fsmis_bench.methods.sd_layout import check_component, local_folder
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,12 @@ def load_component(kind: str, source: Source, allow_random_init: bool) -> tuple[
     if source.pretrained_path:
         try:
             return _from_pretrained(kind, source), False
-        except (OSError, ValueError) as exc:  # missing folder/file, not cached, or no safetensors
+        except (OSError, ValueError, ConfigError) as exc:  # missing, not cached, misplaced, no safetensors
             error = exc
     where = f"'{source.pretrained_path}'" + (f" (subfolder '{source.subfolder}')" if source.subfolder else "")
     if not (allow_random_init and source.config):
-        reason = f"cannot load {where} offline ({error})" if error else "no pretrained_path given"
+        one_line = " ".join(str(error).split())  # library messages span lines; the CLI prints one
+        reason = f"cannot load {where} offline ({one_line})" if error else "no pretrained_path given"
         raise ConfigError(
             f"sd_fsmis {kind}: {reason}; put the weights there in save_pretrained layout (safetensors), or set "
             f"allow_random_init: true with a {kind} config"
@@ -61,13 +64,17 @@ def load_component(kind: str, source: Source, allow_random_init: bool) -> tuple[
 def _from_pretrained(kind: str, source: Source) -> Any:
     options: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
     if source.subfolder:
+        root = local_folder(source.pretrained_path)
+        check_component(root, source.subfolder)
         options["subfolder"] = source.subfolder
+    else:
+        root = source.pretrained_path
     if kind == "vae":
-        return AutoencoderKL.from_pretrained(source.pretrained_path, **options)
+        return AutoencoderKL.from_pretrained(root, **options)
     if kind == "unet":
-        return UNet2DConditionModel.from_pretrained(source.pretrained_path, **options)
+        return UNet2DConditionModel.from_pretrained(root, **options)
     if kind == "dinov2":
-        return Dinov2Model.from_pretrained(source.pretrained_path, **options)
+        return Dinov2Model.from_pretrained(root, **options)
     raise ValueError(f"unknown component kind {kind!r}")
 
 

@@ -22,6 +22,7 @@ from fsmis_bench.methods.sd_fsmis.model import SDFSMISNet
 from fsmis_bench.methods.sd_fsmis.unet import widen_unet
 from fsmis_bench.methods.sd_fsmis.vae_pretraining import VaePretraining, pretrain_vae
 from fsmis_bench.methods.sd_fsmis.vtct import VisualTextualTranslator
+from fsmis_bench.methods.sd_layout import size_mismatches
 
 log = logging.getLogger(__name__)
 SUPPORT_MODES = ("per_chunk", "all_chunks")
@@ -106,7 +107,14 @@ class SDFSMIS(FewShotSegmenter):
             "unet": Source(pretrained_path, "unet", unet_config),
             "dinov2": Source(dinov2_path, None, dinov2_config),
         }
-        loaded = {kind: load_component(kind, src, allow_random_init) for kind, src in sources.items()}
+        loaded = {kind: load_component(kind, sources[kind], allow_random_init) for kind in ("vae", "unet")}
+        mismatches = size_mismatches(loaded["unet"][0].config, loaded["vae"][0].config)
+        if mismatches:  # before DINOv2 is loaded: a wrong SD folder fails fast
+            where = pretrained_path or "vae_config, unet_config"
+            raise ConfigError(
+                f"sd_fsmis {where}: the vae and unet do not fit together ({'; '.join(mismatches)})"
+            )
+        loaded["dinov2"] = load_component("dinov2", sources["dinov2"], allow_random_init)
         self.weights = {kind: sources[kind].describe(random) for kind, (_, random) in loaded.items()}
         self.random_vae = loaded["vae"][1]
         vae, unet, dinov2 = (loaded[kind][0] for kind in ("vae", "unet", "dinov2"))
