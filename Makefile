@@ -80,7 +80,10 @@ bench: $(STAMP)
 ## weights, 20 training steps and one EP1 test case each, then a two-slot sweep on GPU 0 (--devices 0,0);
 ## writes gpu_check.json and gpu_check.md into $(OUT) (the environment's OUT when set). DEVICE=cpu: the same
 ## at smoke sizes.
+## On a machine whose python3 already has torch (a lent GPU box without a registry):
+##   make gpu-check STAMP= BIN=$$(dirname $$(command -v python3)) GPU_CHECK_ARGS=--work=/tmp/gpu-check
 DEVICE ?= cuda
 OUT ?= gpu_check
+GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
-	$(BIN)/python benchmark/gpu_check.py --device $(DEVICE) --out $(OUT)
+	$(BIN)/python benchmark/gpu_check.py --device $(DEVICE) --out $(OUT) $(GPU_CHECK_ARGS)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import resource
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 GB = 1e9
+OK = ("ok", "not run")  # statuses that are not failures (the sweep is "not run" under --skip-sweep)
 LOG_TAIL_LINES = 15
 
 
@@ -52,6 +54,12 @@ SCALES = {
 }
 #: Test-time training budgets that scale with the check's step count (method -> override key).
 TEST_TIME_STEPS = {"progidiff": "model.init_args.adaptation.steps"}
+#: Diagnostics the check leaves out to fit its deadline (they add no code path): ProGiDiff's second sampling pass
+#: with the adapter off, which fills only the dice_before_adaptation column (half of its test time on an H200).
+CHECK_ONLY = {"progidiff": ("model.init_args.adaptation.report_unadapted=false",)}
+#: Default order: the diffusion methods first (the largest and the likeliest to fail), then the ResNet-101 ones.
+#: The reference floors (no model, no training) are left out unless named with --methods.
+DEFAULT_ORDER = ("progidiff", "sd_fsmis", "dpl", "panet", "alpnet")
 SWEEP_METHODS = ("panet", "sd_fsmis")  # a prototype and a diffusion method, smoke profile, fold 0
 SWEEP_RESERVE_S = 90.0  # of the check's deadline, kept for the sweep
 
@@ -68,12 +76,13 @@ def method_overrides(method: str, scale: Scale, steps: int) -> list[str]:
     sets += [*scale.overrides, f"trainer.max_steps={steps}", "trainer.limit_test_batches=1"]
     if method in TEST_TIME_STEPS:
         sets.append(f"{TEST_TIME_STEPS[method]}={steps}")
-    return sets
+    return [*sets, *CHECK_ONLY.get(method, ())]
 
 
 # ---------------------------------------------------------------------- worker (one method, one process)
-def instrument(cuda: bool, peaks: dict[str, int], clocks: list[Any]) -> None:
-    """Wrap ``Trainer.fit`` / ``test``: peak GPU memory per phase, and a step clock callback during fit."""
+def instrument(cuda: bool, peaks: dict[str, int], clocks: list[Any], phases: list[dict]) -> None:
+    """Wrap ``Trainer.fit`` / ``test``: peak GPU memory and seconds per phase (logged as each ends, so a
+    method stopped at its timeout still shows where the time went), and a step clock callback during fit."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import Callback
@@ -94,11 +103,17 @@ def instrument(cuda: bool, peaks: dict[str, int], clocks: list[Any]) -> None:
                 trainer.callbacks.append(clocks[-1])
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
+            began = time.perf_counter()
             try:
                 return original(trainer, *args, **kwargs)
             finally:
                 if cuda:
+                    torch.cuda.synchronize()
                     peaks[phase] = max(peaks.get(phase, 0), torch.cuda.max_memory_allocated())
+                phases.append({"phase": phase, "seconds": round(time.perf_counter() - began, 2)})
+                if cuda:
+                    phases[-1]["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / GB, 2)
+                print(f"[gpu-check] {json.dumps(phases[-1])}", flush=True)
 
         return run
 
@@ -134,7 +149,9 @@ def worker(request_file: Path, result_file: Path) -> int:
     result_file.write_text(json.dumps(result, indent=2), encoding="utf-8")
     peaks: dict[str, int] = {}
     clocks: list[Any] = []
-    instrument(cuda, peaks, clocks)
+    result["phases"] = []
+    instrument(cuda, peaks, clocks, result["phases"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     run_dir = execute_run(request)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cases = pd.read_csv(run_dir / "cases.csv")
@@ -204,12 +221,16 @@ def run_method(method: str, scale: Scale, steps: int, work: Path, data_root: Pat
     result = (
         json.loads(result_file.read_text(encoding="utf-8")) if result_file.exists() else {"method": method}
     )
+    if error and log.exists():
+        marks = PHASE_LINE.findall(log.read_text(errors="replace"))
+        result["phases"] = [json.loads(mark) for mark in marks]
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     if error:
         result.update(status="failed", error=error, log_tail=log_tail(log))
     return result
 
 
+PHASE_LINE = re.compile(r"^\[gpu-check\] (\{.*\})$", re.MULTILINE)
 SWEEP_LINE = re.compile(r"(DONE|FAILED)\s+\[\d+/\d+\] (\S+) \(([\d.]+) s on (\S+)\)")
 
 
@@ -300,6 +321,13 @@ def write_markdown(report: dict, path: Path) -> None:
             f"{cell(peaks.get('fit'))} / {cell(peaks.get('test'))} | {cell(r.get('memory_estimate_gb'))} | "
             f"{tests or '—'} | {r['wall_seconds']} |"
         )
+    lines += ["", "Phases (seconds, peak GPU GB when on CUDA), in the order they ran:", ""]
+    for r in report["methods"]:
+        marks = [
+            f"{m['phase']} {m['seconds']}" + (f" ({m['peak_gpu_gb']})" if "peak_gpu_gb" in m else "")
+            for m in r.get("phases", [])
+        ]
+        lines.append(f"- {r['method']}: {', '.join(marks) or '—'}")
     sweep = report["sweep"]
     lines += [
         "",
@@ -307,7 +335,7 @@ def write_markdown(report: dict, path: Path) -> None:
         "",
     ]
     lines += [f"- {j['job']}: {j['status']}, {j['seconds']:.1f} s on {j['slot']}" for j in sweep["jobs"]]
-    failures = [r for r in [*report["methods"], {"method": "sweep", **sweep}] if r.get("status") != "ok"]
+    failures = [r for r in [*report["methods"], {"method": "sweep", **sweep}] if r["status"] not in OK]
     if failures:
         lines += ["", "## Errors"]
         for r in failures:
@@ -335,9 +363,28 @@ def check(args: argparse.Namespace) -> int:
     data_root = write_synthetic_dataset(
         SYNTHETIC_MRI, work / "data", seed=0, in_plane=scale.in_plane, n_slices=scale.n_slices
     )
-    methods = []
-    for method in args.methods or list(METHODS):
-        timeout = min(args.method_timeout, left() - SWEEP_RESERVE_S)
+    methods: list[dict] = []
+    report = {
+        "profile": scale.profile,
+        "scale": asdict(scale),
+        "steps": args.steps,
+        "environment": environment(args.device),
+        "methods": methods,
+        "sweep": {"devices": scale.sweep_devices, "status": "not run", "jobs": [], "wall_seconds": 0},
+    }
+
+    def write_report() -> None:
+        """Rewritten after every part, so a check killed at the lease's end still leaves its findings."""
+        report["wall_seconds"] = round(time.monotonic() - started, 1)
+        text = json.dumps(report, indent=2, default=str) + "\n"
+        (out / "gpu_check.json").write_text(text, encoding="utf-8")
+        write_markdown(report, out / "gpu_check.md")
+
+    learned = [m for m in DEFAULT_ORDER if m in METHODS] + [
+        m for m, entry in METHODS.items() if m not in DEFAULT_ORDER and not entry.reference
+    ]
+    for method in args.methods or learned:
+        timeout = min(args.method_timeout, left() - (0 if args.skip_sweep else SWEEP_RESERVE_S))
         if timeout < 10:
             methods.append(
                 {"method": method, "status": "skipped", "error": "the check's deadline", "wall_seconds": 0}
@@ -345,23 +392,17 @@ def check(args: argparse.Namespace) -> int:
         else:
             methods.append(run_method(method, scale, args.steps, work, data_root, timeout))
         print(f"{method}: {methods[-1]['status']} ({methods[-1]['wall_seconds']} s)", flush=True)
-    sweep = run_sweep(scale, args.sweep_methods, work, data_root, max(min(args.method_timeout, left()), 10.0))
-    print(f"sweep --devices {scale.sweep_devices}: {sweep['status']}", flush=True)
-    report = {
-        "profile": scale.profile,
-        "scale": asdict(scale),
-        "steps": args.steps,
-        "environment": environment(args.device),
-        "methods": methods,
-        "sweep": sweep,
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    write_markdown(report, out / "gpu_check.md")
+        write_report()
+    if not args.skip_sweep:
+        timeout = max(min(args.method_timeout, left()), 10.0)
+        report["sweep"] = run_sweep(scale, args.sweep_methods, work, data_root, timeout)
+        print(f"sweep --devices {scale.sweep_devices}: {report['sweep']['status']}", flush=True)
+    write_report()
     if not args.work and not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
-    return 0 if all(r.get("status") == "ok" for r in [*methods, sweep]) else 1
+    parts = [*methods, *([] if args.skip_sweep else [report["sweep"]])]
+    return 0 if all(r.get("status") == "ok" for r in parts) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,13 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", choices=tuple(SCALES), default="cuda")
     parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_check", help="folder for the report")
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="default: every learned method, diffusion methods first"
+    )
     parser.add_argument("--steps", type=int, default=20, help="training (and test-time training) steps")
     parser.add_argument(
         "--method-timeout", type=float, default=240.0, help="seconds per method and for the sweep"
     )
     parser.add_argument("--deadline", type=float, default=480.0, help="seconds for the whole check")
     parser.add_argument("--sweep-methods", nargs=2, default=list(SWEEP_METHODS), help="the two sweep jobs")
+    parser.add_argument("--skip-sweep", action="store_true", help="methods only (a rerun of some methods)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary scratch folder")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)

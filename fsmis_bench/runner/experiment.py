@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import pandas as pd
+import torch
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -40,6 +41,7 @@ PROFILE_DATA_KEYS = {
 }  # fmt: skip
 TRAINER_KEYS = {
     "deterministic",  # true, false or warn; default per accelerator (determinism.py)
+    "float32_matmul_precision",  # highest (torch's default), high (TF32 on CUDA) or medium
     "max_steps",
     "accumulate_grad_batches",
     "gradient_clip_val",
@@ -123,7 +125,24 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
                 f"unknown {section} option(s) {sorted(bad)} (known: {', '.join(sorted(allowed))})"
             )
     requested_determinism(config.get("trainer") or {})
+    matmul_precision(config.get("trainer") or {})
     return config
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+#: Trainer-section keys that configure torch rather than the Lightning Trainer.
+RUN_ONLY_TRAINER_KEYS = {"deterministic", "float32_matmul_precision"}
+
+
+def matmul_precision(trainer_config: dict[str, Any]) -> str:
+    """``trainer.float32_matmul_precision`` (torch's own names; default ``highest``): ``high`` lets CUDA fp32
+    matrix products run in TF32, as the SD-FSMIS paper setup allows. CPU results do not change."""
+    value = str(trainer_config.get("float32_matmul_precision", "highest"))
+    if value not in MATMUL_PRECISIONS:
+        raise ConfigError(
+            f"trainer.float32_matmul_precision={value!r}: expected one of {', '.join(MATMUL_PRECISIONS)}"
+        )
+    return value
 
 
 def fingerprint_payload(request: RunRequest, config: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +180,8 @@ def _train_and_test(
     model: FewShotSegmenter = instantiate(config["model"])
     if not isinstance(model, FewShotSegmenter):
         raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
-    trainer_options = {k: v for k, v in (config.get("trainer") or {}).items() if k != "deterministic"}
+    trainer_config = config.get("trainer") or {}
+    trainer_options = {k: v for k, v in trainer_config.items() if k not in RUN_ONLY_TRAINER_KEYS}
     logger = TensorBoardLogger(
         str(run_dir), name="tensorboard", version=group or "all", default_hp_metric=False
     )
@@ -178,8 +198,11 @@ def _train_and_test(
         **{"log_every_n_steps": 25, **trainer_options},
     )
     policy.apply_env()
-    started = time.perf_counter()
     info: dict[str, Any] = {"group": group or "all", "organs": list(data.organs)}
+    if policy.device == "cuda":  # on CPU "high" may switch to bf16x3 kernels: CPU numbers stay exact
+        info["float32_matmul_precision"] = matmul_precision(trainer_config)
+        torch.set_float32_matmul_precision(info["float32_matmul_precision"])
+    started = time.perf_counter()
     if model.traits.trainable:
         trainer.fit(model, datamodule=data)
         info["train_steps"] = int(trainer.global_step)

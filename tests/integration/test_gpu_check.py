@@ -119,18 +119,29 @@ def test_sweep_log_lines_are_parsed_and_the_report_lists_errors(tmp_path):
     assert "### dpl: exit status 1" in text and "CUDA OOM" in text
 
 
-@pytest.mark.slow
 def test_the_whole_check_at_smoke_sizes_on_cpu(tmp_path):
-    """Every method, 20 steps, one test case each, and the two-slot sweep: what `make gpu-check DEVICE=cpu` runs."""
+    """`make gpu-check DEVICE=cpu` with 5 steps: every learned method (diffusion methods first), one test case
+    each with its phase timings, and the two-slot sweep. In the default run, so the script cannot rot."""
     out = tmp_path / "out"
-    assert gpu_check.main(["--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    args = ["--device", "cpu", "--steps", "5", "--out", str(out), "--work", str(tmp_path / "work")]
+    assert gpu_check.main(args) == 0
     report = json.loads((out / "gpu_check.json").read_text())
-    assert [r["method"] for r in report["methods"]] == list(METHODS)
+    assert [r["method"] for r in report["methods"]] == list(gpu_check.DEFAULT_ORDER)
     for result in report["methods"]:
         assert result["status"] == "ok", result
         assert all(m["test_case"]["n_slices"] > 0 for m in result["models"])
-        if not METHODS[result["method"]].reference:
-            assert result["steps_per_s"] > 0 and all(m["train_steps"] == 20 for m in result["models"])
+        assert result["steps_per_s"] > 0 and all(m["train_steps"] == 5 for m in result["models"])
+        phases = [m["phase"] for m in result["phases"]]
+        assert phases == ["fit", "test"] * len(result["models"]), phases
     assert report["sweep"]["status"] == "ok"
     assert sorted(j["slot"] for j in report["sweep"]["jobs"]) == ["cpu:0", "cpu:1"]
     assert "| sd_fsmis | ok |" in (out / "gpu_check.md").read_text()
+
+
+def test_a_rerun_of_some_methods_without_the_sweep_is_not_a_sweep_failure(tmp_path):
+    out = tmp_path / "out"
+    args = ["--device", "cpu", "--methods", "copy_support", "--skip-sweep", "--out", str(out)]
+    assert gpu_check.main([*args, "--work", str(tmp_path / "work")]) == 0
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["sweep"]["status"] == "not run" and report["methods"][0]["status"] == "ok"
+    assert "## Errors" not in (out / "gpu_check.md").read_text()

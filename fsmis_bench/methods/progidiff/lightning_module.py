@@ -10,6 +10,7 @@ cached per organ; track A, the cross-domain run: every labelled organ slice of t
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from fsmis_bench.methods.progidiff.proposals import (
 from fsmis_bench.metrics.volume_scorer import score_volume
 
 ADAPTATION_MODES = ("auto", "episodic", "support_scan", "none")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class ProGiDiff(FewShotSegmenter):
     def _adapt(self, name: str, images: Tensor, masks: Tensor, organs: list[str]) -> None:
         seed = proposal_seed(self.seed, -1, name, 0)
         self.adapters[name] = train_adapter(self.model, name, images, masks, organs, self.adaptation, seed)
+        log.info("ProGiDiff adapter %s: %s", name, self.adapters[name])
         folder = self._artifact_dir("adapters")
         if folder is not None:
             save_adapter(self.model.controlnet, name, folder / name)
