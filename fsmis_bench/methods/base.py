@@ -18,6 +18,7 @@ from torch import Tensor
 from fsmis_bench.batch import EpisodeBatch
 from fsmis_bench.errors import ConfigError
 from fsmis_bench.metrics.volume_scorer import CaseResult, score_volume
+from fsmis_bench.overlays import episode_overlay
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class FewShotSegmenter(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def on_test_epoch_start(self) -> None:
         self.case_results = []
+        self._imaged_organs: set[str] = set()
 
     def predict_masks(self, batch: EpisodeBatch) -> Tensor:
         """Binary native-resolution masks [N, H, W] of one test batch."""
@@ -132,35 +134,40 @@ class FewShotSegmenter(L.LightningModule):
             contiguous=meta["contiguous"],
         )
         self.case_results.append(result)
-        self.log(f"test/dice_{batch.organ}", result.dice, batch_size=1, on_epoch=True, on_step=False)
-        if batch_idx < 8:
-            self._log_episode_images(f"test/{batch.organ}_{meta['scan_id']}", batch, masks)
+        self._log_test_case(batch, result, masks)
 
     # ------------------------------------------------------------------ logging
     def _log_episode_images(self, tag: str, batch: EpisodeBatch, native_masks: Any) -> None:
-        """Support, support mask, query, label and prediction of the middle query slice, side by side."""
+        """Colour overlay of the middle query slice: its support with the support mask, the query with the
+        ground truth and, when given, the prediction (``fsmis_bench.overlays``)."""
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
         with torch.no_grad():
             index = batch.n_queries // 2
             episode = int(batch.query_episode[index])
-            size = batch.query_images.shape[-2:]
-            tiles = [
+            size = tuple(batch.query_images.shape[-2:])
+            prediction = None
+            if native_masks is not None:
+                pred = torch.as_tensor(native_masks[index], dtype=torch.float32)[None, None]
+                prediction = F.interpolate(pred, size=size, mode="nearest")[0, 0]
+            image = episode_overlay(
                 batch.support_images[episode, 0, 0],
                 batch.support_masks[episode, 0],
                 batch.query_images[index, 0],
                 batch.query_masks[index],
-            ]
-            if native_masks is not None:
-                pred = torch.as_tensor(native_masks[index], dtype=torch.float32)[None, None]
-                tiles.append(F.interpolate(pred, size=tuple(size), mode="nearest")[0, 0])
-            normed = []
-            for tile in tiles:
-                tile = tile.detach().float().cpu()
-                low, high = tile.min(), tile.max()
-                normed.append((tile - low) / (high - low + 1e-8))
-            experiment.add_image(tag, torch.cat(normed, dim=-1)[None], self.global_step)
+                prediction,
+            )
+            experiment.add_image(tag, image, self.global_step)
+
+    def _log_test_case(self, batch: EpisodeBatch, result: CaseResult, masks: Any) -> None:
+        """Per-organ Dice and HD95 scalars of a test case, and one overlay per organ (its first case)."""
+        self.log(f"test/dice_{batch.organ}", result.dice, batch_size=1, on_epoch=True, on_step=False)
+        if result.hd95 == result.hd95:  # NaN where the organ is absent from both
+            self.log(f"test/hd95_{batch.organ}", result.hd95, batch_size=1, on_epoch=True, on_step=False)
+        if batch.organ not in self._imaged_organs:
+            self._imaged_organs.add(batch.organ)
+            self._log_episode_images(f"test/{batch.organ}_{batch.meta['scan_id']}", batch, masks)
 
     def describe(self) -> dict[str, Any]:
         """Declared traits, recorded with every result."""

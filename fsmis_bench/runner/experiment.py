@@ -31,6 +31,7 @@ from fsmis_bench.protocol.settings import model_groups
 from fsmis_bench.provenance import environment
 from fsmis_bench.registry import get_method, profile_path
 from fsmis_bench.runner.determinism import DeterminismPolicy, requested_determinism, resolve_determinism
+from fsmis_bench.runner.progress import progress_options
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,11 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
     return config
 
 
+def loss_log_interval(max_steps: int | None) -> int:
+    """Steps between logged training losses: about 50 points per fit, at least every 25 steps."""
+    return min(25, max(1, int(max_steps or 0) // 50))
+
+
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 #: Trainer-section keys that configure torch rather than the Lightning Trainer.
 RUN_ONLY_TRAINER_KEYS = {"deterministic", "float32_matmul_precision"}
@@ -176,7 +182,15 @@ def _train_and_test(
         source_data_root=request.source_data_root,
         **(config.get("data") or {}),
     )
+    label = f"{request.method} fold {request.fold}" + (f" {group}" if group else "")
+    prepared = time.perf_counter()
     data.setup()
+    plan = data.plan
+    print(
+        f"[{label}] data ready in {time.perf_counter() - prepared:.1f} s: {request.dataset}, "
+        f"{len(plan.train_ids)} training / {len(plan.support_ids)} support / {len(plan.query_ids)} query scans",
+        flush=True,
+    )
     model: FewShotSegmenter = instantiate(config["model"])
     if not isinstance(model, FewShotSegmenter):
         raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
@@ -190,12 +204,12 @@ def _train_and_test(
         devices=1,
         logger=logger,
         enable_checkpointing=False,
-        enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=policy.deterministic,
         num_sanity_val_steps=0,
         inference_mode=not model.traits.test_time_training,
-        **{"log_every_n_steps": 25, **trainer_options},
+        **progress_options(label),
+        **{"log_every_n_steps": loss_log_interval(trainer_options.get("max_steps")), **trainer_options},
     )
     policy.apply_env()
     info: dict[str, Any] = {"group": group or "all", "organs": list(data.organs)}

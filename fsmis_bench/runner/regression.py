@@ -94,11 +94,12 @@ class Observed:
     environment: dict[Job, str] = field(default_factory=dict)
     run_dir: dict[Job, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    results: Path = Path(".")
 
     @classmethod
     def read(cls, results: str | Path, methods: Collection[str] | None = None) -> Observed:
         """The rows of ``results`` (of the named methods only, if given)."""
-        observed = cls()
+        observed = cls(results=Path(results))
         for row in ResultsStore(results).rows():
             if methods is not None and row["method"] not in methods:
                 continue
@@ -127,13 +128,21 @@ class Observed:
     def _fingerprint(self, env_id: str, jobs: list[Job]) -> dict[str, Any] | None:
         """The full fingerprint, from a run folder's summary.json (None where the run folders are gone)."""
         for job in jobs:
-            summary = Path(self.run_dir[job]) / "summary.json"
+            summary = self._run_folder(job) / "summary.json"
             if self.run_dir[job] and summary.is_file():
                 provenance = json.loads(summary.read_text(encoding="utf-8"))["provenance"]
                 fingerprint = provenance.get("environment_fingerprint")
                 if fingerprint and environment_id(fingerprint) == env_id:
                     return fingerprint
         return None
+
+    def _run_folder(self, job: Job) -> Path:
+        """The job's run folder. A sweep records it as it was given (relative to the folder it ran from), so
+        from elsewhere it is found under the store's own ``runs/`` by its name."""
+        recorded = Path(self.run_dir[job])
+        if recorded.is_dir() or recorded.is_absolute():
+            return recorded
+        return self.results / "runs" / recorded.name
 
 
 def environment_difference(recorded: dict[str, Any], observed: dict[str, Any]) -> str:

@@ -253,3 +253,18 @@ def test_partial_update_refuses_what_would_mix_the_fixture(
     assert main(["regression", *args]) == 2
     assert why in capsys.readouterr().err
     assert fixture.read_bytes() == before
+
+
+def test_stamp_finds_the_fingerprint_from_another_folder(tmp_path, capsys, monkeypatch):
+    """A sweep run from its checkout records relative run folders; stamping from another folder still reads
+    the full fingerprint from the store's runs/."""
+    path = tmp_path / "fixture.json"
+    monkeypatch.chdir(tmp_path)
+    regression.write_fixture(regression.build_fixture(sweep(Path("old"), (0, 1, 2), None)), path)
+    sweep(Path("checkout") / "run", environment=NUMPY)  # rows hold checkout/run/runs/<key>
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    status, _ = cli(capsys, "stamp", "--results", str(tmp_path / "checkout" / "run"), "--fixture", str(path))
+    assert status == 0
+    assert regression.load_fixture(path)["environment"]["fingerprint"] == NUMPY

@@ -271,14 +271,12 @@ class ProGiDiff(FewShotSegmenter):
                 **asdict(result), **proposal_metrics(proposals, ref), dice_before_adaptation=before
             )
         )
-        self.log(f"test/dice_{batch.organ}", result.dice, batch_size=1, on_epoch=True, on_step=False)
+        self._log_test_case(batch, result, masks)
         folder = self._artifact_dir("proposals")
         if self.proposals.save and folder is not None:
             save_proposals(
                 folder / f"{meta['scan_id']}_{batch.organ}.npz", proposals, np.asarray(meta["slices"])
             )
-        if batch_idx < 8:
-            self._log_episode_images(f"test/{batch.organ}_{meta['scan_id']}", batch, masks)
 
     def _artifact_dir(self, kind: str) -> Path | None:
         """``<run dir>/<kind>/<model group>`` when a logger knows the run directory."""
