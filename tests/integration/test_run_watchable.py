@@ -76,7 +76,6 @@ def test_tensorboard_has_loss_scalars_and_an_overlay_for_every_organ(watched):
         encoded = events.Images(tags[0])[0]
         import io
 
-
         rgb = np.asarray(Image.open(io.BytesIO(encoded.encoded_image_string)).convert("RGB")).astype(int)
         assert rgb.shape[1] == 2 * rgb.shape[0]  # support | query
         support, query = rgb[:, : rgb.shape[0]], rgb[:, rgb.shape[0] :]
