@@ -8,33 +8,27 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from fsmis_bench.errors import ConfigError, FsmisError
 
 
 def _run(args: argparse.Namespace) -> int:
     _check_run_names(args)
-    from fsmis_bench.runner.experiment import RunRequest, execute_run
+    from fsmis_bench.runner.experiment import execute_run
 
     if not args.verbose:
         _quiet_lightning()
 
-    request = RunRequest(
-        method=args.method,
-        fold=args.fold,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        setting=args.setting,
-        shots=args.shots,
-        profile=args.profile,
-        seed=args.seed,
-        output=args.output,
-        cache_dir=args.cache_dir,
-        overrides=args.set or [],
-        accelerator=args.accelerator,
-        source_dataset=args.source_dataset,
-        source_data_root=args.source_data_root,
-    )
+    request = _run_request(args)
+    if args.print_config:
+        from fsmis_bench.runner.config_check import check_config
+        from fsmis_bench.runner.experiment import resolve_config, run_config_document
+
+        config = resolve_config(request)
+        check_config(request.method, config)
+        print(run_config_document(request, config), end="")
+        return 0
     if args.dry_run:
         from fsmis_bench.runner.dry_run import dry_run, format_dry_run
 
@@ -55,12 +49,53 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_request(args: argparse.Namespace) -> Any:
+    """The run request of the command line; with ``--config`` the earlier run's request, where only the
+    machine-specific options (data root, cache, output, accelerator) and extra ``--set`` come from here."""
+    from fsmis_bench.runner.experiment import RunRequest
+
+    machine = {
+        "data_root": args.data_root,
+        "cache_dir": args.cache_dir,
+        "output": args.output,
+        "accelerator": args.accelerator,
+    }
+    if args.config:
+        from pathlib import Path
+
+        from fsmis_bench.config import load_yaml
+
+        earlier = dict(load_yaml(Path(args.config)).get("request") or {})
+        known = set(RunRequest.__dataclass_fields__)
+        if not earlier or set(earlier) - known:
+            raise ConfigError(f"{args.config}: not a run's config.yaml (no request section of a run)")
+        earlier.update(overrides=args.set or [], base_config=args.config)
+        return RunRequest(**{**earlier, **{k: v for k, v in machine.items() if v is not None}})
+    return RunRequest(
+        method=args.method,
+        fold=args.fold,
+        dataset=args.dataset,
+        setting=args.setting,
+        shots=args.shots,
+        profile=args.profile,
+        seed=args.seed,
+        overrides=args.set or [],
+        source_dataset=args.source_dataset,
+        source_data_root=args.source_data_root,
+        **{k: v for k, v in machine.items() if v is not None},
+    )
+
+
 def _check_run_names(args: argparse.Namespace) -> None:
     """Method, dataset, profile and fold, checked from torch-free modules: a typo is answered at once."""
     from fsmis_bench.data.datasets import get_dataset
     from fsmis_bench.protocol.splits import check_fold
     from fsmis_bench.registry import check_profile, get_method
 
+    if args.config:
+        return  # the earlier run's names; resolve_config checks them
+    if args.method is None:
+        raise ConfigError("run: --method is required (or --config with a run folder's config.yaml)")
     get_method(args.method)
     for name in filter(None, (args.dataset, args.source_dataset)):
         get_dataset(name)
@@ -100,7 +135,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _protocol(args: argparse.Namespace) -> int:
-    from fsmis_bench.runner.protocol_plan import protocol_plan
+    from fsmis_bench.runner.protocol_plan import format_plan, protocol_plan
 
     plan = protocol_plan(
         dataset=args.dataset,
@@ -113,11 +148,7 @@ def _protocol(args: argparse.Namespace) -> int:
         exclusion_rule=args.exclusion_rule,
         cache_dir=args.cache_dir,
     )
-    if args.json:
-        print(json.dumps(plan, indent=2))
-    else:
-        for key, value in plan.items():
-            print(f"{key}: {value}")
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
 

@@ -79,7 +79,7 @@ def _add_run(sub: argparse._SubParsersAction, handler: Callable) -> None:
         epilog=RUN_EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    run.add_argument("--method", required=True, metavar="NAME", help=f"one of: {_names(METHODS)}")
+    run.add_argument("--method", default=None, metavar="NAME", help=f"one of: {_names(METHODS)} (required)")
     run.add_argument(
         "--fold", type=int, default=None, help=f"0..{N_FOLDS - 1}; required except with --dry-run (then 0)"
     )
@@ -102,11 +102,13 @@ def _add_run(sub: argparse._SubParsersAction, handler: Callable) -> None:
         help=f"one of: {_names(PROFILES)} (smoke: seconds; ci: the regression sweep; cpu: minutes; paper: GPU)",
     )  # fmt: skip
     run.add_argument("--seed", type=int, default=0, help="fixes the run: data order, augmentation, init")
-    run.add_argument("--output", default="runs", help="folder that receives the run folder")
+    run.add_argument("--output", default=None, help="folder that receives the run folder (default: runs)")
     run.add_argument(
         "--cache-dir", default=None, help="slice cache (default: $FSMIS_BENCH_CACHE or ~/.cache)"
     )
-    run.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, cuda, mps")
+    run.add_argument(
+        "--accelerator", default=None, help="Lightning accelerator: auto, cpu, gpu, cuda, mps (default: auto)"
+    )
     run.add_argument(
         "--set", action="append", metavar="KEY.PATH=VALUE",
         help="override a profile value, e.g. trainer.max_steps=500 or model.init_args.optimizer.lr=1e-4",
@@ -122,6 +124,15 @@ def _add_run(sub: argparse._SubParsersAction, handler: Callable) -> None:
         help="build the models on the meta device and print parameters, weights and a memory estimate",
     )  # fmt: skip
     run.add_argument("--json", action="store_true", help="with --dry-run: the report as JSON")
+    run.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved configuration (what the run folder's config.yaml will hold) and exit",
+    )  # fmt: skip
+    run.add_argument(
+        "--config", default=None, metavar="FILE",
+        help="rerun from a run folder's config.yaml: its request and resolved sections; here only --data-root, "
+        "--cache-dir, --output, --accelerator and extra --set",
+    )  # fmt: skip
     run.set_defaults(func=handler)
 
 

@@ -36,6 +36,18 @@ class MethodTraits:
     test_time_training: bool = False
 
 
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
+
+def make_optimizer(groups: list[dict[str, Any]], optimizer_config: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser a method's ``optimizer`` option names (``name``: sgd or adamw, the rest its arguments)."""
+    cfg = dict(optimizer_config)
+    name = cfg.pop("name", "sgd")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{name}' (known: {', '.join(OPTIMIZERS)})")
+    return OPTIMIZERS[name](groups, **cfg)
+
+
 class FewShotSegmenter(L.LightningModule):
     """Shared training plumbing (optimiser, schedule, logging) and the EP1 test loop."""
 
@@ -82,17 +94,10 @@ class FewShotSegmenter(L.LightningModule):
         return losses["loss"]
 
     def configure_optimizers(self) -> Any:
-        cfg = dict(self.optimizer_config)
-        name = cfg.pop("name", "sgd")
         groups = self.parameter_groups()
         if not any(p.requires_grad for g in groups for p in g["params"]):
             raise ConfigError(f"{type(self).__name__}: no trainable parameters")
-        if name == "sgd":
-            optimizer = torch.optim.SGD(groups, **cfg)
-        elif name == "adamw":
-            optimizer = torch.optim.AdamW(groups, **cfg)
-        else:
-            raise ConfigError(f"unknown optimizer '{name}' (known: sgd, adamw)")
+        optimizer = make_optimizer(groups, self.optimizer_config)
         schedule = dict(self.lr_schedule_config)
         kind = schedule.pop("name", "constant")
         if kind == "constant":

@@ -74,6 +74,19 @@ def accelerator_device(accelerator: str) -> str:
     return name
 
 
+def check_accelerator(accelerator: str) -> None:
+    """ConfigError when the accelerator names a device this machine lacks (Lightning's own names)."""
+    device = accelerator_device(accelerator)
+    if device == "cuda" and not CUDAAccelerator.is_available():
+        raise ConfigError(f"--accelerator {accelerator}: no CUDA GPU on this machine (use cpu or auto)")
+    if device == "mps" and not MPSAccelerator.is_available():
+        raise ConfigError(
+            f"--accelerator {accelerator}: no Apple MPS device on this machine (use cpu or auto)"
+        )
+    if device not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--accelerator {accelerator!r}: expected auto, cpu, gpu, cuda or mps")
+
+
 def resolve_determinism(
     accelerator: str, config: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> DeterminismPolicy:

@@ -42,7 +42,10 @@ FORMULA = (
 
 def dry_run(request: RunRequest) -> dict[str, Any]:
     """The dry-run report of one run request (the dict ``--json`` prints)."""
+    from fsmis_bench.runner.config_check import check_config
+
     config = resolve_config(request)
+    check_config(request.method, config)
     plan = plan_for(request.method, config, use_folders=True)
     model = build_on_meta(apply_overrides(config, plan.overrides)["model"], plan)
     components = count_components(model, plan.components)

@@ -28,9 +28,15 @@ from fsmis_bench.errors import ConfigError
 from fsmis_bench.methods.base import FewShotSegmenter, MethodTraits
 from fsmis_bench.metrics.aggregate import summarize_cases, valid_counts
 from fsmis_bench.protocol.settings import model_groups
+from fsmis_bench.protocol.splits import check_fold
 from fsmis_bench.provenance import environment
 from fsmis_bench.registry import get_method, profile_path
-from fsmis_bench.runner.determinism import DeterminismPolicy, requested_determinism, resolve_determinism
+from fsmis_bench.runner.determinism import (
+    DeterminismPolicy,
+    check_accelerator,
+    requested_determinism,
+    resolve_determinism,
+)
 from fsmis_bench.runner.progress import progress_options
 
 log = logging.getLogger(__name__)
@@ -85,6 +91,8 @@ class RunRequest:
     #: Cross-domain track: train on this dataset, test the fold of ``dataset`` (setting reported as "cross").
     source_dataset: str | None = None
     source_data_root: str | None = None
+    #: A run folder's config.yaml whose resolved sections replace the profile (``run --config``).
+    base_config: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -109,13 +117,23 @@ def _run_traits(traits: MethodTraits, data_cfg: dict[str, Any]) -> dict[str, Any
 def resolve_config(request: RunRequest) -> dict[str, Any]:
     """The method's profile with overrides applied, validated against the known sections and keys."""
     get_dataset(request.dataset)  # raises ConfigError-compatible ValueError early
+    check_fold(request.fold)
+    if request.setting not in (1, 2):
+        raise ConfigError(f"setting {request.setting!r}: expected 1 or 2")
+    if not isinstance(request.shots, int) or request.shots < 1:
+        raise ConfigError(f"shots {request.shots!r}: expected a whole number of support scans, at least 1")
     if request.source_dataset is not None:
         get_dataset(request.source_dataset)
         if request.source_dataset == request.dataset:
             raise ConfigError("--source-dataset must differ from --dataset (the cross-domain track)")
         if request.setting != 1:
             raise ConfigError("--source-dataset: the cross-domain track has no setting; drop --setting")
-    config = apply_overrides(load_yaml(profile_path(request.method, request.profile)), request.overrides)
+    base = (
+        load_run_config(Path(request.base_config))
+        if request.base_config
+        else load_yaml(profile_path(request.method, request.profile))
+    )
+    config = apply_overrides(base, request.overrides)
     unknown = set(config) - {"model", "data", "trainer", "notes"}
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)} (known: model, data, trainer)")
@@ -128,6 +146,20 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
     requested_determinism(config.get("trainer") or {})
     matmul_precision(config.get("trainer") or {})
     return config
+
+
+def load_run_config(path: Path) -> dict[str, Any]:
+    """The resolved sections (model, data, trainer) of a run folder's config.yaml."""
+    document = load_yaml(path)
+    if "model" not in document:
+        raise ConfigError(f"{path}: not a run's config.yaml (no model section)")
+    return {k: v for k, v in document.items() if k != "request"}
+
+
+def run_config_document(request: RunRequest, config: dict[str, Any]) -> str:
+    """What a run folder's config.yaml holds (and ``run --print-config`` prints): the request and the
+    resolved configuration; ``run --config`` takes it back."""
+    return yaml.safe_dump({"request": request.__dict__, **config}, sort_keys=False)
 
 
 def loss_log_interval(max_steps: int | None) -> int:
@@ -241,8 +273,12 @@ def _train_and_test(
 
 def execute_run(request: RunRequest) -> Path:
     """Fit and test every model the setting needs; write summary.json, cases.csv, config.yaml, TensorBoard."""
+    from fsmis_bench.runner.config_check import check_config
+
     entry = get_method(request.method)
+    check_accelerator(request.accelerator)
     config = resolve_config(request)
+    check_config(request.method, config)
     fingerprint = config_hash(fingerprint_payload(request, config))
     policy = resolve_determinism(request.accelerator, config)
     output = Path(request.output)
@@ -278,9 +314,7 @@ def execute_run(request: RunRequest) -> Path:
         cases["organ_order"] = cases["organ"].map({o: i for i, o in enumerate(ORGANS)})
         cases = cases.sort_values(["organ_order", "scan_id"]).drop(columns="organ_order")
         cases.to_csv(tmp_dir / "cases.csv", index=False, float_format="%.6f")
-        (tmp_dir / "config.yaml").write_text(
-            yaml.safe_dump({"request": request.__dict__, **config}, sort_keys=False)
-        )
+        (tmp_dir / "config.yaml").write_text(run_config_document(request, config), encoding="utf-8")
         summary = {
             "run_id": request.run_id,
             "method": request.method,

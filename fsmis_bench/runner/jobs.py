@@ -93,8 +93,12 @@ class Outcome:
 
 def planned_fingerprint(job: Job) -> str:
     """The fingerprint the job will record, computed without running it (raises ConfigError on a bad job)."""
+    from fsmis_bench.runner.config_check import check_config
+
     request = job.request(".")
-    return fingerprint(config_hash(fingerprint_payload(request, resolve_config(request))), code_version())
+    config = resolve_config(request)
+    check_config(request.method, config)
+    return fingerprint(config_hash(fingerprint_payload(request, config)), code_version())
 
 
 def protocol_variant(summary: dict[str, Any]) -> str:

@@ -192,3 +192,19 @@ def test_protocol_json(tiny_mri_root, tmp_path, capsys):
     assert plan["support_ids"] == [19] and plan["query_ids"] == [8, 10, 13, 15]
     assert len(plan["train_ids"]) == 15
     assert 0 < plan["groups"]["upper"]["kept_slices"] < plan["training_slices_total"]
+    assert len(plan["ep1_cases"]) + len(plan["skipped_cases"]) == 4 * 4  # query scans x organs
+    for case in plan["ep1_cases"]:
+        assert len(case["chunks"]) == 3 and all(c["supports"][0][0] == 19 for c in case["chunks"])
+        firsts = [c["slices"][0] for c in case["chunks"] if c["slices"]]
+        assert firsts == sorted(firsts)
+    assert not any(tmp_path.iterdir())  # read from the label volumes: nothing cached
+
+
+def test_protocol_prints_a_table_of_the_ep1_cases(tiny_mri_root, tmp_path, capsys):
+    args = ["protocol", "--dataset", "synthetic_mri", "--data-root", str(tiny_mri_root), "--fold", "1"]
+    assert main([*args, "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("synthetic_mri, fold 1, setting 1")
+    header = next(i for i, line in enumerate(out) if line.startswith("scan"))
+    assert out[header].split() == ["scan", "organ", "chunk", "1", "chunk", "2", "chunk", "3"]
+    assert out[header + 1].split()[:2] == ["8", "liver"] and "<- 19:" in out[header + 1]
