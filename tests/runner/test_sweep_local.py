@@ -117,15 +117,16 @@ def test_smoke_sweep_on_two_cpu_slots_then_leaderboard(smoke_results, tmp_path):
 
 
 def test_a_failing_job_is_recorded_and_the_others_continue(tiny_spec, tmp_path, capsys):
-    # the first job raises at run time (an init argument the model does not take); the second is fine
-    spec = tiny_spec(run={"overrides": {"grid": [{"model.init_args.bogus": 1}, {}]}}, name="failing")
+    # the first job raises at run time (a max_time string of the right type that Lightning cannot read: the
+    # planning-time check passes it); the second is fine
+    spec = tiny_spec(run={"overrides": {"grid": [{"trainer.max_time": "abc"}, {}]}}, name="failing")
     results = tmp_path / "results"
     assert main(["sweep", str(spec), "--devices", "cpu:1", "--results", str(results)]) == 1
     rows = ResultsStore(results).rows()
     failed = [r for r in rows if r["status"] == "failed"]
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(failed) == 1 and len(ok) == len(ORGANS)
-    assert "unexpected keyword argument 'bogus'" in failed[0]["error"] and failed[0]["method"] == "panet"
+    assert "is not a valid duration" in failed[0]["error"] and failed[0]["method"] == "panet"
     log = (results / "logs" / "sweep-failing.log").read_text()
     assert "FAILED  [1/2]" in log and "DONE    [2/2]" in log and "1 ok, 1 failed" in log
     capsys.readouterr()
