@@ -8,9 +8,12 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fsmis_bench.errors import ConfigError, FsmisError
+
+if TYPE_CHECKING:
+    from fsmis_bench.runner.experiment import RunRequest
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -49,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_request(args: argparse.Namespace) -> Any:
+def _run_request(args: argparse.Namespace) -> RunRequest:
     """The run request of the command line; with ``--config`` the earlier run's request, where only the
     machine-specific options (data root, cache, output, accelerator) and extra ``--set`` come from here."""
     from fsmis_bench.runner.experiment import RunRequest

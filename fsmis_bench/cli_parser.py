@@ -83,29 +83,13 @@ def _add_run(sub: argparse._SubParsersAction, handler: Callable) -> None:
     run.add_argument(
         "--fold", type=int, default=None, help=f"0..{N_FOLDS - 1}; required except with --dry-run (then 0)"
     )
-    run.add_argument("--dataset", default=DEFAULT_DATASET, metavar="NAME", help=f"one of: {_names(DATASETS)}")
-    run.add_argument(
-        "--data-root",
-        default=None,
-        help="folder of image_<id>.nii.gz / label_<id>.nii.gz (synthetic: generated)",
-    )
-    run.add_argument(
-        "--setting",
-        type=int,
-        default=1,
-        choices=(1, 2),
-        help="2: slices of the tested group removed from training",
-    )
-    run.add_argument("--shots", type=int, default=1, help="support scans per episode (k-shot)")
+    _add_task_options(run)
     run.add_argument(
         "--profile", default=DEFAULT_PROFILE, metavar="NAME",
         help=f"one of: {_names(PROFILES)} (smoke: seconds; ci: the regression sweep; cpu: minutes; paper: GPU)",
     )  # fmt: skip
     run.add_argument("--seed", type=int, default=0, help="fixes the run: data order, augmentation, init")
     run.add_argument("--output", default=None, help="folder that receives the run folder (default: runs)")
-    run.add_argument(
-        "--cache-dir", default=None, help="slice cache (default: $FSMIS_BENCH_CACHE or ~/.cache)"
-    )
     run.add_argument(
         "--accelerator", default=None, help="Lightning accelerator: auto, cpu, gpu, cuda, mps (default: auto)"
     )
@@ -136,6 +120,29 @@ def _add_run(sub: argparse._SubParsersAction, handler: Callable) -> None:
     run.set_defaults(func=handler)
 
 
+def _add_task_options(parser: argparse.ArgumentParser) -> None:
+    """Dataset, data root, setting, shots and slice cache: what ``run`` and ``protocol`` both take."""
+    parser.add_argument(
+        "--dataset", default=DEFAULT_DATASET, metavar="NAME", help=f"one of: {_names(DATASETS)}"
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of image_<id>.nii.gz / label_<id>.nii.gz (synthetic: generated)",
+    )
+    parser.add_argument(
+        "--setting",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="2: slices of the tested group removed from training",
+    )
+    parser.add_argument("--shots", type=int, default=1, help="support scans per episode (k-shot)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="slice cache (default: $FSMIS_BENCH_CACHE or ~/.cache)"
+    )
+
+
 def _add_protocol(sub: argparse._SubParsersAction, handler: Callable) -> None:
     proto = sub.add_parser(
         "protocol",
@@ -144,21 +151,16 @@ def _add_protocol(sub: argparse._SubParsersAction, handler: Callable) -> None:
         "scan's EP1 chunks and support slices per organ.",
         formatter_class=HelpFormatter,
     )
-    proto.add_argument(
-        "--dataset", default=DEFAULT_DATASET, metavar="NAME", help=f"one of: {_names(DATASETS)}"
-    )
-    proto.add_argument("--data-root", default=None, help="as for run")
     proto.add_argument("--fold", type=int, required=True, help=f"0..{N_FOLDS - 1}")
-    proto.add_argument("--setting", type=int, default=1, choices=(1, 2), help="as for run")
-    proto.add_argument("--shots", type=int, default=1, help="support scans per episode")
+    _add_task_options(proto)
     proto.add_argument("--fold-scheme", default="alpnet", help="alpnet or qnet_sets")
     proto.add_argument(
-        "--support-index", type=int, default=-1, help="support scan within the next fold (-1: first)"
-    )
+        "--support-index", type=int, default=-1,
+        help="qnet_sets only: position of the support scan in the next fold's set (-1: the last)",
+    )  # fmt: skip
     proto.add_argument(
         "--exclusion-rule", default="group_any", help="group_any, all_any or all_and (setting 2)"
     )
-    proto.add_argument("--cache-dir", default=None, help="as for run")
     proto.add_argument("--json", action="store_true", help="the plan as JSON")
     proto.set_defaults(func=handler)
 

@@ -74,8 +74,6 @@ def check_builds(method: str, config: dict[str, Any]) -> None:
     plan = plan_for(method, config, use_folders=False)
     try:
         model = build_on_meta(apply_overrides(config, plan.overrides)["model"], plan)
-    except ConfigError:
-        raise
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ConfigError(f"model.init_args: {_one_line(exc)}") from None
     if isinstance(model, FewShotSegmenter) and model.traits.trainable:
@@ -86,8 +84,6 @@ def check_builds(method: str, config: dict[str, Any]) -> None:
         stand_in = [{"params": [torch.nn.Parameter(torch.zeros(1))]}]
         try:
             make_optimizer(stand_in, getattr(model, "optimizer_config", {}) or {})
-        except ConfigError:
-            raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model.init_args.optimizer: {_one_line(exc)}") from None
 

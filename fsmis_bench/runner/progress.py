@@ -58,9 +58,16 @@ class ProgressLines(Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        batch_idx = int(args[-1]) if args else 0
-        total = trainer.num_test_batches[0] if trainer.num_test_batches else 0
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        total = trainer.num_test_batches[dataloader_idx] if trainer.num_test_batches else 0
         done = batch_idx + 1
         every = max(1, int(total) // self.lines) if total else 1
         if done % every == 0 or done == total:

@@ -17,24 +17,26 @@ def _cell(value: float | None, scale: float = 100.0) -> str:
     return "—" if value is None or math.isnan(value) else f"{scale * value:.2f}"
 
 
+#: Summary fields that make two runs the same task (a floor of any profile and seed stands beside the run).
+SAME_TASK = ("dataset", "source_dataset", "setting", "fold", "shots")
+
+
 def floor_summaries(summary: dict[str, Any], run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The floors' summaries of the same dataset, setting, fold and shots beside ``run_dir`` (the same seed
-    preferred; any profile: a floor learns nothing)."""
+    """The floors' summaries of the same task beside ``run_dir``, the same seed preferred."""
     found = {}
     for floor in FLOORS:
         if floor == summary["method"]:
             continue
-        stem = (
-            f"{floor}_{summary['dataset']}_s{summary['setting']}_f{summary['fold']}_k{summary['shots']}_seed"
-        )
-        candidates = sorted(run_dir.parent.glob(f"{stem}*/summary.json"))
-        same_seed = [c for c in candidates if c.parent.name.startswith(f"{stem}{summary['seed']}_")]
-        for path in same_seed or candidates:
+        matches = []
+        for path in sorted(run_dir.parent.glob(f"{floor}_*/summary.json")):
             try:
-                found[floor] = json.loads(path.read_text(encoding="utf-8"))
-                break
+                other = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # a floor's unreadable summary only drops its column
+            if all(other.get(key) == summary.get(key) for key in SAME_TASK):
+                matches.append(other)
+        if matches:
+            found[floor] = next((m for m in matches if m["seed"] == summary["seed"]), matches[0])
     return found
 
 

@@ -20,6 +20,7 @@ from fsmis_bench.cli import main
 from fsmis_bench.data.datasets import ORGANS
 from fsmis_bench.overlays import PREDICTION_COLOUR, SUPPORT_COLOUR, TRUTH_COLOUR
 from fsmis_bench.registry import METHODS, PROFILES
+from fsmis_bench.runner.run_table import floor_summaries
 
 
 def run(tmp_path: Path, data_root: Path, method: str, *extra: str) -> int:
@@ -116,3 +117,22 @@ def test_fold_is_required_except_for_a_dry_run(capsys):
     assert "--fold is required" in capsys.readouterr().err
     assert main(["run", "--method", "panet", "--profile", "paper", "--dry-run", "--json"]) == 0
     assert '"run_id": "panet_synthetic_mri_s1_f0_k1_seed0_paper"' in capsys.readouterr().out
+
+
+def test_only_a_floor_of_the_same_task_stands_beside_the_run(tmp_path):
+    task = {"dataset": "abd_mri", "setting": 2, "fold": 1, "shots": 1, "seed": 0}
+
+    def write(name: str, **changes) -> None:
+        (tmp_path / name).mkdir()
+        summary = {**task, "method": name.split("_f")[0], "dice": {"liver": 0.5}, **changes}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+    write("copy_support_f0", fold=0)  # another fold
+    write("copy_support_f1_seed3", seed=3)  # same task, other seed
+    write("copy_support_f1_seed0_ci", setting=1)  # another setting
+    write("threshold_f1", shots=3)  # other shots
+    found = floor_summaries({**task, "method": "panet"}, tmp_path / "panet_run")
+    assert list(found) == ["copy_support"] and found["copy_support"]["seed"] == 3
+    write("copy_support_f1_seed0_cpu")  # same task and seed: preferred
+    found = floor_summaries({**task, "method": "panet"}, tmp_path / "panet_run")
+    assert found["copy_support"]["seed"] == 0 and found["copy_support"]["setting"] == 2

@@ -19,6 +19,26 @@ def sweep_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sweep_cache")
 
 
+@pytest.fixture()
+def smoke_run_args(tmp_path: Path, tiny_mri_root: Path) -> Callable[[str], list[str]]:
+    """``smoke_run_args(method)`` -> ``fsmis-bench run`` arguments: CPU, smoke profile, fold 0, the tiny dataset,
+    output under ``tmp_path / "runs"`` and the slice cache in ``tmp_path``."""
+
+    def args(method: str) -> list[str]:
+        run = ["run", "--method", method, "--fold", "0", "--profile", "smoke", "--accelerator", "cpu"]
+        paths = [
+            "--data-root",
+            str(tiny_mri_root),
+            "--output",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path),
+        ]
+        return run + paths
+
+    return args
+
+
 def write_spec(folder: Path, data_root: Path, cache: Path, base: dict[str, Any], **sections: Any) -> Path:
     """``base`` with its jobs pointed at ``data_root`` and ``cache``, plus extra sections, saved in ``folder``."""
     spec = {**base, **sections}

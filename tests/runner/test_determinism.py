@@ -123,16 +123,8 @@ def test_the_cli_refuses_a_bad_value_in_one_line(tmp_path, tiny_mri_root, capsys
 @pytest.mark.parametrize(
     ("extra", "label"), [([], "true"), (["--set", "trainer.deterministic=false"], "false")]
 )
-def test_summary_and_store_row_record_the_choice(tmp_path, tiny_mri_root, extra, label):
-    args = ["run", "--method", "copy_support", "--fold", "0", "--profile", "smoke", "--accelerator", "cpu"]
-    args += [
-        "--data-root",
-        str(tiny_mri_root),
-        "--output",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path),
-    ]
+def test_summary_and_store_row_record_the_choice(tmp_path, smoke_run_args, extra, label):
+    args = smoke_run_args("copy_support")
     assert main([*args, *extra]) == 0
     run_dir = next((tmp_path / "runs").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -144,7 +136,7 @@ def test_summary_and_store_row_record_the_choice(tmp_path, tiny_mri_root, extra,
     assert {row["determinism"] for row in store.rows()} == {label}
 
 
-def test_the_run_keeps_a_users_cublas_value_over_lightnings(tmp_path, tiny_mri_root, monkeypatch):
+def test_the_run_keeps_a_users_cublas_value_over_lightnings(smoke_run_args, monkeypatch):
     """Lightning writes :4096:8 when it builds a deterministic Trainer; the run puts the policy's value back
     before fitting (a CPU run standing in for CUDA, whose policy carries the user's value)."""
     policy = DeterminismPolicy(True, "cuda", "default", {CUBLAS_ENV: ":16:8"})
@@ -152,15 +144,7 @@ def test_the_run_keeps_a_users_cublas_value_over_lightnings(tmp_path, tiny_mri_r
         "fsmis_bench.runner.experiment.resolve_determinism", lambda accelerator, config: policy
     )
     monkeypatch.setenv(CUBLAS_ENV, ":16:8")
-    args = ["run", "--method", "copy_support", "--fold", "0", "--profile", "smoke", "--accelerator", "cpu"]
-    args += [
-        "--data-root",
-        str(tiny_mri_root),
-        "--output",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path),
-    ]
+    args = smoke_run_args("copy_support")
     assert main(args) == 0
     assert os.environ[CUBLAS_ENV] == ":16:8"
 

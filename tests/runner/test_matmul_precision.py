@@ -21,10 +21,8 @@ def keep_matmul_precision():
     torch.set_float32_matmul_precision(before)
 
 
-def run_copy_support(tmp_path, data_root, *extra: str) -> dict:
-    args = ["run", "--method", "copy_support", "--fold", "0", "--profile", "smoke", "--accelerator", "cpu"]
-    args += ["--data-root", str(data_root), "--output", str(tmp_path / "runs"), "--cache-dir", str(tmp_path)]
-    assert main([*args, *extra]) == 0
+def run_copy_support(tmp_path, smoke_run_args, *extra: str) -> dict:
+    assert main([*smoke_run_args("copy_support"), *extra]) == 0
     return json.loads(next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text())
 
 
@@ -41,16 +39,16 @@ def test_only_the_sd_fsmis_paper_profile_allows_tf32():
         assert trainer.get("float32_matmul_precision") == expected, method
 
 
-def test_a_cpu_run_leaves_torch_at_highest(tmp_path, tiny_mri_root):
-    summary = run_copy_support(tmp_path, tiny_mri_root, "--set", "trainer.float32_matmul_precision=medium")
+def test_a_cpu_run_leaves_torch_at_highest(tmp_path, smoke_run_args):
+    summary = run_copy_support(tmp_path, smoke_run_args, "--set", "trainer.float32_matmul_precision=medium")
     assert torch.get_float32_matmul_precision() == "highest"
     assert "float32_matmul_precision" not in summary["models"][0]
 
 
-def test_a_cuda_run_applies_and_records_it(tmp_path, tiny_mri_root, monkeypatch):
+def test_a_cuda_run_applies_and_records_it(tmp_path, smoke_run_args, monkeypatch):
     """A CPU run standing in for CUDA: the policy says cuda, so the setting is applied before fitting."""
     policy = DeterminismPolicy("warn", "cuda", "default", {})
     monkeypatch.setattr("fsmis_bench.runner.experiment.resolve_determinism", lambda accelerator, cfg: policy)
-    summary = run_copy_support(tmp_path, tiny_mri_root, "--set", "trainer.float32_matmul_precision=high")
+    summary = run_copy_support(tmp_path, smoke_run_args, "--set", "trainer.float32_matmul_precision=high")
     assert torch.get_float32_matmul_precision() == "high"
     assert summary["models"][0]["float32_matmul_precision"] == "high"
