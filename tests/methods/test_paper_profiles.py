@@ -332,3 +332,40 @@ def test_resnet_paper_profiles_refuse_to_start_without_weights(
     assert_one_line_error(
         tmp_path, capsys, status, "model.init_args.encoder.pretrained_path is not set", "deeplabv3_resnet101"
     )
+
+
+#: Smoke-profile settings that let a method train from random weights, per method.
+RANDOM_ALLOWED = {
+    "sd_fsmis": ["model.init_args.allow_random_init=true"],
+    "progidiff": [
+        "model.init_args.backbone.model_size=pretrained",
+        "model.init_args.backbone.allow_random_init=true",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "option"),
+    [
+        ("sd_fsmis", "model.init_args.pretrained_path"),
+        ("sd_fsmis", "model.init_args.dinov2_path"),
+        ("progidiff", "model.init_args.backbone.pretrained_path"),
+    ],
+)
+def test_a_named_path_that_does_not_load_stops_even_with_allow_random_init(tmp_path, capsys, method, option):
+    """allow_random_init covers a component with no path; a mistyped folder must not become random weights."""
+    missing = tmp_path / "no-such-folder"
+    sets = [*RANDOM_ALLOWED[method], f"{option}={missing}"]
+    args = [
+        "run",
+        "--method",
+        method,
+        "--fold",
+        "0",
+        "--profile",
+        "smoke",
+        "--output",
+        str(tmp_path / "runs"),
+    ]
+    status = main([*args, "--cache-dir", str(tmp_path / "cache"), *(a for s in sets for a in ("--set", s))])
+    assert_one_line_error(tmp_path, capsys, status, str(missing))

@@ -140,15 +140,10 @@ def build_backbone(
         return random_backbone(**random_args)
     if model_size != "pretrained":
         raise ConfigError(f"backbone.model_size '{model_size}': expected tiny or pretrained")
-    if pretrained_path is None:
-        if not allow_random_init:
-            raise ConfigError("backbone.pretrained_path is required with model_size: pretrained")
-    else:
-        try:
-            return pretrained_backbone(pretrained_path)
-        except ConfigError:
-            if not allow_random_init:
-                raise
+    if pretrained_path is not None:  # a named path must load: never silently random weights
+        return pretrained_backbone(pretrained_path)
+    if not allow_random_init:
+        raise ConfigError("backbone.pretrained_path is required with model_size: pretrained")
     log.warning("ProGiDiff: NO PRETRAINED WEIGHTS, random initialisation (allow_random_init: true)")
     return random_backbone(**random_args)
 

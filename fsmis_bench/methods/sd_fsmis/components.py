@@ -38,25 +38,33 @@ class Source:
 
 
 def load_component(kind: str, source: Source, allow_random_init: bool) -> tuple[Any, bool]:
-    """(model, randomly_initialised) for ``kind`` in vae, unet, dinov2."""
-    error: Exception | None = None
+    """(model, randomly_initialised) for ``kind`` in vae, unet, dinov2.
+
+    A path that is named must load: ``allow_random_init`` only covers a component with no path at all, so a
+    mistyped or damaged folder never turns silently into random weights.
+    """
     if source.pretrained_path:
         try:
             return _from_pretrained(kind, source), False
         except (OSError, ValueError, ConfigError) as exc:  # missing, not cached, misplaced, no safetensors
-            error = exc
-    where = f"'{source.pretrained_path}'" + (f" (subfolder '{source.subfolder}')" if source.subfolder else "")
+            where = f"'{source.pretrained_path}'" + (
+                f" (subfolder '{source.subfolder}')" if source.subfolder else ""
+            )
+            one_line = " ".join(str(exc).split())  # library messages span lines; the CLI prints one
+            raise ConfigError(
+                f"sd_fsmis {kind}: cannot load {where} offline ({one_line}); put the weights there in "
+                "save_pretrained layout (safetensors), or leave the path unset to train from random weights "
+                "(allow_random_init: true)"
+            ) from None
     if not (allow_random_init and source.config):
-        one_line = " ".join(str(error).split())  # library messages span lines; the CLI prints one
-        reason = f"cannot load {where} offline ({one_line})" if error else "no pretrained_path given"
         raise ConfigError(
-            f"sd_fsmis {kind}: {reason}; put the weights there in save_pretrained layout (safetensors), or set "
+            f"sd_fsmis {kind}: no pretrained_path given; set it to a save_pretrained folder, or set "
             f"allow_random_init: true with a {kind} config"
         )
     log.warning(
-        "sd_fsmis %s: RANDOMLY INITIALISED from its config (%s); results are not pretrained-weight numbers",
+        "sd_fsmis %s: RANDOMLY INITIALISED from its config (no pretrained_path); results are not "
+        "pretrained-weight numbers",
         kind,
-        f"{where} not loadable" if source.pretrained_path else "no pretrained_path",
     )
     return _from_config(kind, source.config), True
 
