@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,13 +11,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from fsmis_bench.batch import EpisodeBatch, as_three_channels
 from fsmis_bench.data.cache import ScanSlices, SliceCache, default_cache_dir
 from fsmis_bench.data.datasets import ORGANS, DatasetSpec, get_dataset
 from fsmis_bench.data.sources import locate_dataset
 from fsmis_bench.data.volumes import scan_paths
+from fsmis_bench.episode_stream import EpisodeStream
 from fsmis_bench.errors import ConfigError, DataError
 from fsmis_bench.protocol.augment import AugmentConfig
 from fsmis_bench.protocol.episodes import (
@@ -34,57 +33,6 @@ from fsmis_bench.protocol.splits import fold_plan
 
 log = logging.getLogger(__name__)
 NORMALISATIONS = ("lineage_default", "volume_zscore", "fold_zscore", "volume_minmax")
-
-
-class EpisodeStream(IterableDataset):
-    """Endless stream of training batches; each dataloader worker gets its own seeded sampler.
-
-    In the main process (``num_workers=0``) up to ``prefetch`` batches are prepared by a background thread
-    while the model trains (torch releases the GIL, so augmentation overlaps the step). The sampler draws only
-    from its own generators, so the stream is the same with or without prefetching."""
-
-    def __init__(self, build_sampler: Any, seed: int, prefetch: int = 0) -> None:
-        self.build_sampler = build_sampler
-        self.seed = seed
-        self.prefetch = prefetch
-
-    def __iter__(self) -> Iterator[EpisodeBatch]:
-        info = get_worker_info()
-        sampler = self.build_sampler(self.seed + (0 if info is None else 1000 * (info.id + 1)))
-        if info is None and self.prefetch > 0:
-            return _prefetched(sampler.next_batch, self.prefetch)
-        return iter(sampler.next_batch, None)
-
-
-def _prefetched(produce: Callable[[], EpisodeBatch], depth: int) -> Iterator[EpisodeBatch]:
-    """Yield ``produce()`` results made ahead by a daemon thread; it stops when the iterator is closed."""
-    batches: queue.Queue[EpisodeBatch | BaseException] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        while not stop.is_set():
-            try:
-                item: EpisodeBatch | BaseException = produce()
-            except BaseException as exc:  # surfaced in the consumer
-                item = exc
-            while not stop.is_set():
-                try:
-                    batches.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
-
-    threading.Thread(target=work, name="episode-prefetch", daemon=True).start()
-    try:
-        while True:
-            item = batches.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 class QueryTasks(Dataset):
@@ -163,6 +111,7 @@ class FewShotDataModule(L.LightningDataModule):
         self.scans: dict[int, ScanSlices] = {}
         self.source_scans: dict[int, ScanSlices] = {}
         self._prepared = False
+        self._train_streams: list[EpisodeStream] = []
 
     # ------------------------------------------------------------------ loading
     @property
@@ -323,12 +272,19 @@ class FewShotDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
+        self._train_streams.append(EpisodeStream(self.build_sampler, self.seed, self.prefetch))
         return DataLoader(
-            EpisodeStream(self.build_sampler, self.seed, self.prefetch),
+            self._train_streams[-1],
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def teardown(self, stage: str) -> None:
+        """After fit, stop the prefetch threads (a thread left inside a torch op aborts the process at exit)."""
+        if stage == "fit":
+            while self._train_streams:
+                self._train_streams.pop().close()
 
     # ------------------------------------------------------------------ evaluation
     def task_batch(self, task: QueryTask) -> EpisodeBatch:

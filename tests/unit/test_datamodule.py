@@ -128,7 +128,7 @@ def test_prefetching_thread_gives_the_same_stream_and_surfaces_sampler_errors(ti
         assert torch.equal(plain.query_images, ahead.query_images)
         assert torch.equal(plain.support_masks, ahead.support_masks)
 
-    from fsmis_bench.datamodule import EpisodeStream
+    from fsmis_bench.episode_stream import EpisodeStream
 
     class Failing:
         def next_batch(self):
@@ -136,3 +136,15 @@ def test_prefetching_thread_gives_the_same_stream_and_surfaces_sampler_errors(ti
 
     with pytest.raises(RuntimeError, match="corrupt slice"):
         next(iter(EpisodeStream(lambda seed: Failing(), seed=0, prefetch=2)))
+
+
+def test_teardown_after_fit_stops_the_prefetch_thread(tiny_mri_root, shared_cache):
+    from fsmis_bench.episode_stream import _LIVE
+
+    module = make(tiny_mri_root, shared_cache, prefetch=2, seed=1)
+    stream = iter(module.train_dataloader())
+    next(stream)
+    threads = list(_LIVE)
+    assert threads
+    module.teardown("fit")
+    assert not any(thread.is_alive() for thread in threads)
