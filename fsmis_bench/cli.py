@@ -102,7 +102,7 @@ def _check_run_names(args: argparse.Namespace) -> None:
     get_method(args.method)
     for name in filter(None, (args.dataset, args.source_dataset)):
         get_dataset(name)
-    check_profile(args.profile)
+    check_profile(args.profile, args.method)
     if args.fold is None:
         if not args.dry_run:
             raise ConfigError("run: --fold is required (0..4); only --dry-run takes fold 0 by default")

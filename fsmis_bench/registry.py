@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,18 +61,30 @@ def get_method(name: str) -> MethodEntry:
         raise ConfigError(f"unknown method '{name}'; known methods: {', '.join(METHODS)}") from None
 
 
-def check_profile(profile: str) -> None:
-    """ConfigError unless ``profile`` is one of the profiles every method has."""
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile '{profile}'; known profiles: {', '.join(PROFILES)}")
+def check_profile(profile: str, method: str | None = None) -> None:
+    """ConfigError unless ``profile`` is one of the profiles every method has, or one of ``method``'s own
+    (an ablation such as ``cpu_random_init``: any other YAML in the method's ``configs/``)."""
+    known = method_profiles(method) if method else PROFILES
+    if profile not in known:
+        raise ConfigError(f"unknown profile '{profile}'; known profiles: {', '.join(known)}")
+
+
+def _configs_dir(method: str) -> Path:
+    """Found without importing the method (its imports are heavy; names are checked before torch loads)."""
+    spec = importlib.util.find_spec(get_method(method).package)
+    return Path(spec.origin).parent / "configs"  # type: ignore[union-attr, arg-type]
+
+
+def method_profiles(method: str) -> tuple[str, ...]:
+    """The four common profiles, then the method's own in name order."""
+    own = sorted(p.stem for p in _configs_dir(method).glob("*.yaml") if p.stem not in PROFILES)
+    return (*PROFILES, *own)
 
 
 def profile_path(method: str, profile: str) -> Path:
     """The YAML of a method's profile, inside the method's package folder."""
-    entry = get_method(method)
-    check_profile(profile)
-    module = importlib.import_module(entry.package)
-    path = Path(module.__file__).parent / "configs" / f"{profile}.yaml"  # type: ignore[arg-type]
+    check_profile(profile, method)
+    path = _configs_dir(method) / f"{profile}.yaml"
     if not path.exists():
         raise ConfigError(f"{path}: method {method} has no '{profile}' profile")
     return path

@@ -134,9 +134,9 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
         else load_yaml(profile_path(request.method, request.profile))
     )
     config = apply_overrides(base, request.overrides)
-    unknown = set(config) - {"model", "data", "trainer", "notes"}
+    unknown = set(config) - {"model", "data", "trainer", "prior", "notes"}
     if unknown:
-        raise ConfigError(f"unknown config section(s) {sorted(unknown)} (known: model, data, trainer)")
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)} (known: model, data, trainer, prior)")
     for section, allowed in (("data", PROFILE_DATA_KEYS), ("trainer", TRAINER_KEYS)):
         bad = set(config.get(section) or {}) - allowed
         if bad:
@@ -223,7 +223,11 @@ def _train_and_test(
         f"{len(plan.train_ids)} training / {len(plan.support_ids)} support / {len(plan.query_ids)} query scans",
         flush=True,
     )
-    model: FewShotSegmenter = instantiate(config["model"])
+    info: dict[str, Any] = {"group": group or "all", "organs": list(data.organs)}
+    model_config = config["model"]
+    if config.get("prior"):
+        model_config, info["prior"] = _with_prior(request, config, group, label)
+    model: FewShotSegmenter = instantiate(model_config)
     if not isinstance(model, FewShotSegmenter):
         raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
     trainer_config = config.get("trainer") or {}
@@ -244,7 +248,6 @@ def _train_and_test(
         **{"log_every_n_steps": loss_log_interval(trainer_options.get("max_steps")), **trainer_options},
     )
     policy.apply_env()
-    info: dict[str, Any] = {"group": group or "all", "organs": list(data.organs)}
     if policy.device == "cuda":  # on CPU "high" may switch to bf16x3 kernels: CPU numbers stay exact
         info["float32_matmul_precision"] = matmul_precision(trainer_config)
         torch.set_float32_matmul_precision(info["float32_matmul_precision"])
@@ -263,12 +266,39 @@ def _train_and_test(
         {"scan_id": s, "organ": o, "reason": "organ absent from query"} for s, o in data.skipped
     ]
     info["protocol"] = data.describe()
-    info["deviations"] = model.deviations()
+    info["deviations"] = model.deviations() + ([info["prior"]["tag"]] if "prior" in info else [])
     method_info = model.run_info()
     if method_info:
         info["method_info"] = method_info
     rows = [{"fold": request.fold, "group": group or "all", **r.as_row()} for r in model.case_results]
     return rows, info
+
+
+def _with_prior(
+    request: RunRequest, config: dict[str, Any], group: str | None, label: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model section pointed at this model's in-domain prior (trained now if its key is new)."""
+    from fsmis_bench.prior import PriorConfig, prepare_prior, with_prior
+
+    began = time.perf_counter()
+    folder, record = prepare_prior(
+        config["prior"],
+        dataset=request.dataset,
+        fold=request.fold,
+        setting=request.setting,
+        group=group,
+        seed=request.seed,
+        shots=request.shots,
+        data_root=request.data_root,
+        cache_dir=request.cache_dir,
+        source_dataset=request.source_dataset,
+        source_data_root=request.source_data_root,
+        data_options=config.get("data"),
+    )
+    state = "trained" if record["trained_in_this_run"] else "reused"
+    print(f"[{label}] prior {state} in {time.perf_counter() - began:.1f} s: {folder}", flush=True)
+    target = PriorConfig.from_section(config["prior"]).target
+    return with_prior(config["model"], target, folder), record
 
 
 def execute_run(request: RunRequest) -> Path:

@@ -89,8 +89,8 @@ def random_backbone(
         "pad_token_id": tokenizer.pad_token_id,
     }
     return Backbone(
-        unet=UNet2DConditionModel(**_tuples(unet_args)),
-        vae=AutoencoderKL(**_tuples(vae_args)),
+        unet=UNet2DConditionModel(**block_tuples(unet_args)),
+        vae=AutoencoderKL(**block_tuples(vae_args)),
         text_encoder=CLIPTextModel(CLIPTextConfig(**text_args)),
         tokenizer=tokenizer,
         source="random tiny configuration",
@@ -148,6 +148,6 @@ def build_backbone(
     return random_backbone(**random_args)
 
 
-def _tuples(args: dict[str, Any]) -> dict[str, Any]:
+def block_tuples(args: dict[str, Any]) -> dict[str, Any]:
     """YAML gives lists; diffusers configs expect tuples for the block specifications."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
