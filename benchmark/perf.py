@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prior_perf import measure_prior_steps, render_prior  # benchmark/ is the script's folder
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_METHODS = ("panet", "alpnet", "dpl", "sd_fsmis", "progidiff")
 
@@ -56,7 +58,16 @@ def _build(method: str, cache_dir: str) -> tuple[Any, Any, dict[str, Any]]:
     group = model_groups(1, data_cfg.get("pseudolabels", "superpix2d"))[0]
     data = FewShotDataModule(fold=0, setting=1, group=group, cache_dir=cache_dir, **data_cfg)
     data.setup()
-    model = instantiate(config["model"])
+    model_config = config["model"]
+    if config.get("prior"):  # the cpu profiles of the diffusion methods: their prior, trained once and cached
+        from fsmis_bench.prior import PriorConfig, prepare_prior, with_prior
+
+        folder, _ = prepare_prior(
+            config["prior"], dataset="synthetic_mri", fold=0, setting=1, group=group, seed=0,
+            cache_dir=cache_dir, data_options=data_cfg,
+        )  # fmt: skip
+        model_config = with_prior(model_config, PriorConfig.from_section(config["prior"]).target, folder)
+    model = instantiate(model_config)
     return model, data, config
 
 
@@ -334,6 +345,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 for r in scaling
             ),
         ]
+    if results.get("prior"):
+        rows += render_prior(results["prior"])
     return "\n".join(rows) + "\n"
 
 
@@ -377,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     results["threads"] = torch.get_num_threads()
     results["matmul_peak_gflops"] = matmul_peak_flops() / 1e9
     results["unet_width_scaling"] = unet_width_scaling()
+    results["prior"] = measure_prior_steps(matmul_peak_flops)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "perf.json").write_text(json.dumps(results, indent=2) + "\n")
