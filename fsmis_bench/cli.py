@@ -167,6 +167,33 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prior(args: argparse.Namespace) -> int:
+    from fsmis_bench.data.datasets import LABEL_GROUPS
+    from fsmis_bench.prior import prepare_prior
+    from fsmis_bench.runner.experiment import RunRequest, resolve_config
+
+    request = RunRequest(
+        method=args.method, fold=args.fold, dataset=args.dataset, setting=args.setting, shots=args.shots,
+        profile=args.profile, seed=args.seed, overrides=args.set or [], source_dataset=args.source_dataset,
+    )  # fmt: skip
+    config = resolve_config(request)
+    if not config.get("prior"):
+        raise ConfigError(f"profile {args.profile} of {args.method} has no prior section (the cpu profiles of "
+                          "sd_fsmis and progidiff have one)")  # fmt: skip
+    if args.setting == 2 and args.group not in LABEL_GROUPS:
+        raise ConfigError(f"setting 2: --group must be one of {', '.join(LABEL_GROUPS)} (the tested group)")
+    folder, record = prepare_prior(
+        config["prior"], dataset=args.dataset, fold=args.fold, setting=args.setting, group=args.group,
+        seed=args.seed, shots=args.shots, data_root=args.data_root, cache_dir=args.cache_dir,
+        source_dataset=args.source_dataset, source_data_root=args.source_data_root,
+        data_options=config.get("data"),
+    )  # fmt: skip
+    state = "trained" if record["trained_in_this_run"] else "cached"
+    print(f"{folder}  ({state}; {record['cpu_minutes']:.1f} CPU-minutes to train)")
+    print(json.dumps({k: record[k] for k in ("key", "vae", "unet")}, indent=2))
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from fsmis_bench.runner.sweep import run_sweep
 
@@ -207,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list": _list,
         "protocol": _protocol,
         "prepare": _prepare,
+        "prior": _prior,
         "sweep": _sweep,
         "leaderboard": _leaderboard,
         "regression": _regression,

@@ -64,6 +64,7 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
     lst.set_defaults(func=handlers["list"])
     _add_protocol(sub, handlers["protocol"])
     _add_prepare(sub, handlers["prepare"])
+    _add_prior(sub, handlers["prior"])
     _add_sweep(sub, handlers["sweep"])
     _add_leaderboard(sub, handlers["leaderboard"])
     _add_regression(sub, handlers["regression"])
@@ -163,6 +164,30 @@ def _add_protocol(sub: argparse._SubParsersAction, handler: Callable) -> None:
     )
     proto.add_argument("--json", action="store_true", help="the plan as JSON")
     proto.set_defaults(func=handler)
+
+
+def _add_prior(sub: argparse._SubParsersAction, handler: Callable) -> None:
+    prior = sub.add_parser(
+        "prior",
+        help="train (or find cached) the in-domain diffusion prior of a profile",
+        description="Train the latent-diffusion prior that a profile's prior section describes (the cpu profiles "
+        "of sd_fsmis and progidiff) on one fold's unlabeled training slices, save it as a Stable Diffusion "
+        "folder with sample and reconstruction grids, and print where it is. A run with the same key reuses it.",
+        epilog="example: fsmis-bench prior --method sd_fsmis --fold 0 --setting 2 --group lower",
+        formatter_class=HelpFormatter,
+    )
+    prior.add_argument("--method", required=True, metavar="NAME", help="whose profile's prior section to use")
+    prior.add_argument("--fold", type=int, required=True, help=f"0..{N_FOLDS - 1}")
+    prior.add_argument("--group", default=None, help="setting 2: the tested group (lower or upper)")
+    _add_task_options(prior)
+    prior.add_argument(
+        "--profile", default=DEFAULT_PROFILE, metavar="NAME", help="a profile with a prior section"
+    )
+    prior.add_argument("--seed", type=int, default=0, help="the seed of the runs that will use it")
+    prior.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a profile value")
+    prior.add_argument("--source-dataset", default=None, help="cross-domain track: the dataset trained on")
+    prior.add_argument("--source-data-root", default=None, help="folder of the source dataset")
+    prior.set_defaults(func=handler)
 
 
 def _add_prepare(sub: argparse._SubParsersAction, handler: Callable) -> None:

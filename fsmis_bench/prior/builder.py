@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from PIL import Image
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
@@ -151,8 +157,10 @@ def save_previews(
     writer: SummaryWriter,
 ) -> list[str]:
     """samples.png (slices the prior generates from noise) and reconstructions.png (rows: slices, their
-    reconstructions, label-free masks, theirs); both also logged to TensorBoard."""
+    reconstructions, label-free masks, theirs); both also logged to TensorBoard. Samples are drawn with DDIM
+    (trailing spacing) after the folder is saved with its DDPM training scheduler."""
     count = cfg.preview_count
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config, timestep_spacing="trailing")
     with torch.no_grad():
         samples = pipeline(
             [prompt] * count,
@@ -188,3 +196,13 @@ def _to_unit(images: Tensor, signed: bool) -> np.ndarray:
     """[N, h, w] in [-1, 1] (or [0, 1]) -> numpy in [0, 1]."""
     values = (images + 1) / 2 if signed else images
     return values.clamp(0, 1).cpu().numpy()
+
+
+def write_architecture(cfg: PriorConfig, image_size: int, folder: Path) -> None:
+    """The prior's component configs (no weights) in the SD layout: what ``run --dry-run`` sizes a prior
+    profile from before any prior is trained."""
+    parts = build_components(cfg, image_size)
+    for name in ("vae", "unet", "scheduler"):
+        parts[name].save_config(folder / name)
+    parts["text_encoder"].config.save_pretrained(folder / "text_encoder")
+    parts["tokenizer"].save_pretrained(folder / "tokenizer")

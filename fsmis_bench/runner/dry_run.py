@@ -17,8 +17,10 @@ the CUDA context, cuDNN/cuBLAS workspaces, allocator fragmentation, test-time wo
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,10 @@ from fsmis_bench.runner.experiment import RunRequest, resolve_config
 from fsmis_bench.runner.paper_scale import Component, PaperScalePlan, plan_for
 
 GB = 1e9
+PRIOR_WEIGHTS = (
+    "the in-domain prior: trained by the run on the fold's unlabeled training slices (or ahead with "
+    "fsmis-bench prior) and cached"
+)
 HALF_PRECISIONS = ("bf16", "16")  # precision strings starting so: activations (and *-true weights) in 2 bytes
 FORMULA = (
     "weights + gradients + optimizer state + autocast copies + activations saved for backward in one step "
@@ -46,7 +52,20 @@ def dry_run(request: RunRequest) -> dict[str, Any]:
 
     config = resolve_config(request)
     check_config(request.method, config)
-    plan = plan_for(request.method, config, use_folders=True)
+    with tempfile.TemporaryDirectory() as prior_folder:
+        if config.get("prior"):
+            config = _sized_as_prior(config, Path(prior_folder))
+        plan = plan_for(request.method, config, use_folders=True)
+        if config.get("prior"):
+            prior_parts = {"unet", "vae", "text_encoder"}
+            plan.components = [
+                replace(
+                    c, weights=PRIOR_WEIGHTS, files=(), found=None, architecture="the profile's prior section"
+                )
+                if c.name in prior_parts
+                else c
+                for c in plan.components
+            ]
     model = build_on_meta(apply_overrides(config, plan.overrides)["model"], plan)
     components = count_components(model, plan.components)
     data, trainer = config.get("data") or {}, config.get("trainer") or {}
@@ -84,6 +103,16 @@ def dry_run(request: RunRequest) -> dict[str, Any]:
         "weightless_build": plan.overrides,  # the --set values the meta build used in place of the weights
         "notes": notes,
     }
+
+
+def _sized_as_prior(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The config with the prior's target pointed at ``folder``, holding the prior's component configs."""
+    from fsmis_bench.prior import PriorConfig, with_prior
+    from fsmis_bench.prior.builder import write_architecture
+
+    prior = PriorConfig.from_section(config["prior"])
+    write_architecture(prior, int((config.get("data") or {}).get("image_size", 64)), folder)
+    return {**config, "model": with_prior(config["model"], prior.target, folder)}
 
 
 def build_on_meta(model_config: dict[str, Any], plan: PaperScalePlan) -> nn.Module:

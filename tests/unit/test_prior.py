@@ -203,3 +203,19 @@ def test_make_bench_measures_the_priors_training_steps():
         assert figures[stage]["steps_per_s"] > 0 and figures[stage]["gflops_per_step"] > 0.01
         assert 0 < figures[stage]["flop_utilisation"] < 1
     assert "| unet | 32 |" in "\n".join(prior_perf.render_prior(figures))
+
+
+def test_fsmis_bench_prior_trains_then_finds_the_cached_prior(tiny_mri_root, tmp_path, capsys):
+    from fsmis_bench.cli import main
+
+    args = ["prior", "--method", "progidiff", "--fold", "0", "--data-root", str(tiny_mri_root),
+            "--cache-dir", str(tmp_path), "--set", "data.image_size=32"]  # fmt: skip
+    args += [f"--set=prior.{key}={value}" for key, value in TINY_PRIOR.items() if not isinstance(value, dict)]
+    assert main(args) == 0
+    assert "(trained;" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "(cached;" in capsys.readouterr().out
+    assert main([*args[:5], "--setting", "2"]) == 2  # setting 2 needs the tested group
+    assert "--group must be one of" in capsys.readouterr().err
+    assert main(["prior", "--method", "alpnet", "--fold", "0"]) == 2
+    assert "has no prior section" in capsys.readouterr().err
