@@ -117,7 +117,7 @@ def _pct(value: float | None) -> str:
 def _list(args: argparse.Namespace) -> int:
     from fsmis_bench.cli_parser import DEFAULT_DATASET, DEFAULT_PROFILE
     from fsmis_bench.data.datasets import DATASETS
-    from fsmis_bench.registry import METHODS, PROFILES
+    from fsmis_bench.registry import METHODS, PROFILES, method_profiles
 
     def mark(name: str, default: str) -> str:
         return f"{name} *" if name == default else name
@@ -134,6 +134,10 @@ def _list(args: argparse.Namespace) -> int:
         + ", ".join(mark(p, DEFAULT_PROFILE) for p in PROFILES)
         + "  (smoke: seconds; ci: the regression sweep; cpu: minutes on 2 cores; paper: the paper's recipe, GPU)"
     )
+    own = {name: method_profiles(name)[len(PROFILES) :] for name in METHODS}
+    for name, extra in own.items():
+        if extra:
+            print(f"  {name}: also {', '.join(extra)}")
     return 0
 
 

@@ -219,3 +219,21 @@ def test_fsmis_bench_prior_trains_then_finds_the_cached_prior(tiny_mri_root, tmp
     assert "--group must be one of" in capsys.readouterr().err
     assert main(["prior", "--method", "alpnet", "--fold", "0"]) == 2
     assert "has no prior section" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["sd_fsmis", "progidiff"])
+def test_the_random_init_ablation_stays_reachable(method):
+    from fsmis_bench.errors import ConfigError
+    from fsmis_bench.registry import check_profile
+    from fsmis_bench.runner.config_check import check_config
+    from fsmis_bench.runner.experiment import RunRequest, resolve_config
+
+    with_prior = resolve_config(RunRequest(method=method, fold=0, profile="cpu"))
+    ablation = resolve_config(RunRequest(method=method, fold=0, profile="cpu_random_init"))
+    check_config(method, ablation)
+    assert "prior" in with_prior and "prior" not in ablation
+    assert ablation["data"] == with_prior["data"]
+    with pytest.raises(ConfigError, match="unknown profile"):
+        check_profile("cpu_random_init")  # a method's own profile, not a common one
+    with pytest.raises(ConfigError, match="unknown profile"):
+        check_profile("cpu_random_init", "alpnet")
