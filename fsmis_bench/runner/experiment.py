@@ -38,6 +38,7 @@ from fsmis_bench.runner.determinism import (
     resolve_determinism,
 )
 from fsmis_bench.runner.progress import progress_options
+from fsmis_bench.runner.run_prior import model_with_prior
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def _train_and_test(
     info: dict[str, Any] = {"group": group or "all", "organs": list(data.organs)}
     model_config = config["model"]
     if config.get("prior"):
-        model_config, info["prior"] = _with_prior(request, config, group, label)
+        model_config, info["prior"] = model_with_prior(request, config, group, label)
     model: FewShotSegmenter = instantiate(model_config)
     if not isinstance(model, FewShotSegmenter):
         raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
@@ -272,33 +273,6 @@ def _train_and_test(
         info["method_info"] = method_info
     rows = [{"fold": request.fold, "group": group or "all", **r.as_row()} for r in model.case_results]
     return rows, info
-
-
-def _with_prior(
-    request: RunRequest, config: dict[str, Any], group: str | None, label: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model section pointed at this model's in-domain prior (trained now if its key is new)."""
-    from fsmis_bench.prior import PriorConfig, prepare_prior, with_prior
-
-    began = time.perf_counter()
-    folder, record = prepare_prior(
-        config["prior"],
-        dataset=request.dataset,
-        fold=request.fold,
-        setting=request.setting,
-        group=group,
-        seed=request.seed,
-        shots=request.shots,
-        data_root=request.data_root,
-        cache_dir=request.cache_dir,
-        source_dataset=request.source_dataset,
-        source_data_root=request.source_data_root,
-        data_options=config.get("data"),
-    )
-    state = "trained" if record["trained_in_this_run"] else "reused"
-    print(f"[{label}] prior {state} in {time.perf_counter() - began:.1f} s: {folder}", flush=True)
-    target = PriorConfig.from_section(config["prior"]).target
-    return with_prior(config["model"], target, folder), record
 
 
 def execute_run(request: RunRequest) -> Path:
