@@ -173,27 +173,19 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _prior(args: argparse.Namespace) -> int:
     from fsmis_bench.data.datasets import LABEL_GROUPS
-    from fsmis_bench.prior import prepare_prior
-    from fsmis_bench.runner.experiment import RunRequest, resolve_config
+    from fsmis_bench.runner.experiment import resolve_config
+    from fsmis_bench.runner.run_prior import model_with_prior
 
-    request = RunRequest(
-        method=args.method, fold=args.fold, dataset=args.dataset, setting=args.setting, shots=args.shots,
-        profile=args.profile, seed=args.seed, overrides=args.set or [], source_dataset=args.source_dataset,
-    )  # fmt: skip
+    request = _run_request(args)
     config = resolve_config(request)
     if not config.get("prior"):
         raise ConfigError(f"profile {args.profile} of {args.method} has no prior section (the cpu profiles of "
                           "sd_fsmis and progidiff have one)")  # fmt: skip
     if args.setting == 2 and args.group not in LABEL_GROUPS:
         raise ConfigError(f"setting 2: --group must be one of {', '.join(LABEL_GROUPS)} (the tested group)")
-    folder, record = prepare_prior(
-        config["prior"], dataset=args.dataset, fold=args.fold, setting=args.setting, group=args.group,
-        seed=args.seed, shots=args.shots, data_root=args.data_root, cache_dir=args.cache_dir,
-        source_dataset=args.source_dataset, source_data_root=args.source_data_root,
-        data_options=config.get("data"),
-    )  # fmt: skip
+    _, record = model_with_prior(request, config, args.group, "prior")
     state = "trained" if record["trained_in_this_run"] else "cached"
-    print(f"{folder}  ({state}; {record['cpu_minutes']:.1f} CPU-minutes to train)")
+    print(f"{record['folder']}  ({state}; {record['cpu_minutes']:.1f} CPU-minutes to train)")
     print(json.dumps({k: record[k] for k in ("key", "vae", "unet")}, indent=2))
     return 0
 

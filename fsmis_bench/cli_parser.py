@@ -187,7 +187,7 @@ def _add_prior(sub: argparse._SubParsersAction, handler: Callable) -> None:
     prior.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a profile value")
     prior.add_argument("--source-dataset", default=None, help="cross-domain track: the dataset trained on")
     prior.add_argument("--source-data-root", default=None, help="folder of the source dataset")
-    prior.set_defaults(func=handler)
+    prior.set_defaults(func=handler, config=None, output=None, accelerator=None)  # run options it shares
 
 
 def _add_prepare(sub: argparse._SubParsersAction, handler: Callable) -> None:
