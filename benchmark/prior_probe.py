@@ -1,0 +1,125 @@
+"""Do a prior's UNet features separate the organs? A linear probe of frozen features (diagnostic).
+
+For one cached prior (``fsmis-bench prior``) and the same UNet architecture randomly initialised: the training
+slices of its fold are encoded by the prior's VAE, noised lightly (t = ``--timestep``, fixed noise) and passed
+through the UNet with the prompt; the decoder blocks' outputs, upsampled to the latent grid and concatenated,
+are each pixel's features. A linear classifier (background + four organs) is fitted on the pixels of some
+training scans and scored (Dice per organ) on the others. Labels serve the probe only; the prior never saw them.
+
+  python benchmark/prior_probe.py --prior ~/.cache/fsmis_bench/priors/<key> --dataset abd_mri --data-root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from fsmis_bench.prior.builder import prompt_embedding
+from fsmis_bench.prior.slices import collect_prior_slices
+from fsmis_bench.prior.training import encode_latents
+
+
+@torch.no_grad()
+def unet_features(
+    unet: UNet2DConditionModel, latents: torch.Tensor, context: torch.Tensor, timestep: int
+) -> torch.Tensor:
+    """[N, C, h, w]: every decoder block's output, upsampled to the latent grid, concatenated."""
+    outputs: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for block in unet.up_blocks]
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    alpha = 1.0 - timestep / 1000.0  # a light, fixed corruption: features of (almost) the clean slice
+    unet(alpha**0.5 * latents + (1 - alpha) ** 0.5 * noise, torch.full((len(latents),), timestep),
+         encoder_hidden_states=context.expand(len(latents), -1, -1))  # fmt: skip
+    for hook in hooks:
+        hook.remove()
+    size = latents.shape[-1]
+    return torch.cat([F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outputs], 1)
+
+
+def probe_dice(
+    features: torch.Tensor, labels: torch.Tensor, train: torch.Tensor, steps: int = 300
+) -> list[float]:
+    """Fit a linear pixel classifier on ``train`` slices, Dice (%) per class 1..K on the other slices."""
+    classes = int(labels.max()) + 1
+    x = features.permute(0, 2, 3, 1)
+    mean, std = x[train].reshape(-1, x.shape[-1]).mean(0), x[train].reshape(-1, x.shape[-1]).std(0) + 1e-6
+    x = (x - mean) / std
+    layer = torch.nn.Linear(x.shape[-1], classes)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-2)
+    weights = 1.0 / torch.bincount(labels[train].flatten(), minlength=classes).clamp_min(1).float()
+    for _ in range(steps):
+        loss = F.cross_entropy(
+            layer(x[train]).reshape(-1, classes), labels[train].flatten(), weight=weights / weights.sum()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = layer(x[~train]).argmax(-1)
+    truth = labels[~train]
+    return [
+        round(
+            200.0
+            * ((predicted == c) & (truth == c)).sum().item()
+            / max(((predicted == c).sum() + (truth == c).sum()).item(), 1),
+            2,
+        )
+        for c in range(1, classes)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prior", required=True, type=Path)
+    parser.add_argument("--dataset", default="synthetic_mri")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--timestep", type=int, default=50)
+    args = parser.parse_args(argv)
+    record = json.loads((args.prior / "prior.json").read_text(encoding="utf-8"))
+    key = record["key"]
+    slices = collect_prior_slices(args.dataset, key["fold"], key["setting"],
+                                  None if key["group"] == "all" else key["group"], 1, args.data_root,
+                                  args.cache_dir, data_options={"image_size": record["image_size"], "normalisation": "volume_minmax"})  # fmt: skip
+    vae = AutoencoderKL.from_pretrained(args.prior, subfolder="vae", local_files_only=True)
+    prior_unet = UNet2DConditionModel.from_pretrained(args.prior, subfolder="unet", local_files_only=True)
+    torch.manual_seed(0)
+    random_unet = UNet2DConditionModel.from_config(prior_unet.config)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    text = CLIPTextModel.from_pretrained(args.prior, subfolder="text_encoder", local_files_only=True)
+    tokenizer = CLIPTokenizer.from_pretrained(args.prior, subfolder="tokenizer", local_files_only=True)
+    context = prompt_embedding(text, tokenizer, record["prompt"])
+    latents = encode_latents(vae, slices.images)
+    grid = latents.shape[-1]
+    step = slices.labels.shape[-1] // grid
+    names = {v: k for k, v in slices.organ_labels.items()}
+    remap = np.zeros(256, np.int64)
+    for index, label in enumerate(sorted(names), start=1):
+        remap[label] = index
+    labels = torch.from_numpy(remap[slices.labels[:, ::step, ::step]])
+    scans = np.array([s for s, _ in slices.slices])
+    held = sorted(set(scans))[-len(set(scans)) // 3 :]  # the last third of the scans are scored
+    train = torch.from_numpy(~np.isin(scans, held))
+    result = {"prior": str(args.prior), "timestep": args.timestep, "scored_scans": [int(s) for s in held]}
+    for name, unet in (("prior_unet", prior_unet.eval()), ("random_unet", random_unet.eval())):
+        features = unet_features(unet, latents, context, args.timestep)
+        dice = probe_dice(features, labels, train)
+        result[name] = {names[label]: d for label, d in zip(sorted(names), dice)} | {
+            "mean": round(float(np.mean(dice)), 2)
+        }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
