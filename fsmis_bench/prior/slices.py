@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,9 +40,10 @@ class PriorSlices:
     held_out: list[int]  # the fold's support and query scans, which the prior never sees
     dataset: str  # where the slices come from (the source dataset on the cross-domain track)
     modality: str
+    data_options: dict[str, Any] = field(default_factory=dict)  # the run's options that shape the slices
 
     def digest(self) -> str:
-        payload = {"dataset": self.dataset, "size": list(self.images.shape[1:]), "slices": self.slices}
+        payload = {"dataset": self.dataset, "options": self.data_options, "slices": self.slices}
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
 
     def record(self) -> dict[str, Any]:
@@ -110,4 +111,5 @@ def collect_prior_slices(
         held_out=held_out,
         dataset=spec.name,
         modality=spec.modality,
+        data_options={"normalisation": module.resolved_normalisation, **options},
     )

@@ -91,10 +91,10 @@ def test_the_cache_key_retrains_only_what_changed(tiny_mri_root, tmp_path, monke
     calls: list[str] = []
     monkeypatch.setattr(prior_builder, "train_prior", fake_training(calls))
 
-    def prior(section=TINY_PRIOR, fold=0, setting=1, group=None, seed=0):
+    def prior(section=TINY_PRIOR, fold=0, setting=1, group=None, seed=0, data=DATA):
         return prepare_prior(
             section, dataset="synthetic_mri", fold=fold, setting=setting, group=group, seed=seed,
-            data_root=str(tiny_mri_root), cache_dir=str(tmp_path), data_options=DATA,
+            data_root=str(tiny_mri_root), cache_dir=str(tmp_path), data_options=data,
         )  # fmt: skip
 
     first, record = prior()
@@ -108,6 +108,7 @@ def test_the_cache_key_retrains_only_what_changed(tiny_mri_root, tmp_path, monke
         {"fold": 1},
         {"seed": 1},
         {"section": {**TINY_PRIOR, "unet_steps": 3}},
+        {"data": {**DATA, "superpixel_compat": False}},  # other superpixels: other masks
         {"setting": 2, "group": "lower"},
         {"setting": 2, "group": "upper"},
     ):
