@@ -95,6 +95,12 @@ class RunRequest:
     #: A run folder's config.yaml whose resolved sections replace the profile (``run --config``).
     base_config: str | None = None
 
+    def task(self) -> dict[str, Any]:
+        """What the data module (and a prior) needs of the request: the task, the seed and where data is."""
+        names = ("dataset", "data_root", "fold", "setting", "shots", "seed", "cache_dir", "source_dataset",
+                 "source_data_root")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
     @property
     def run_id(self) -> str:
         if self.source_dataset:
@@ -202,19 +208,7 @@ def _train_and_test(
     request: RunRequest, config: dict[str, Any], group: str | None, run_dir: Path, policy: DeterminismPolicy
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     L.seed_everything(request.seed, workers=True, verbose=False)
-    data = FewShotDataModule(
-        dataset=request.dataset,
-        data_root=request.data_root,
-        fold=request.fold,
-        setting=request.setting,
-        shots=request.shots,
-        group=group,
-        seed=request.seed,
-        cache_dir=request.cache_dir,
-        source_dataset=request.source_dataset,
-        source_data_root=request.source_data_root,
-        **(config.get("data") or {}),
-    )
+    data = FewShotDataModule(**request.task(), group=group, **(config.get("data") or {}))
     label = f"{request.method} fold {request.fold}" + (f" {group}" if group else "")
     prepared = time.perf_counter()
     data.setup()

@@ -14,18 +14,7 @@ def model_with_prior(
 
     began = time.perf_counter()
     folder, record = prepare_prior(
-        config["prior"],
-        dataset=request.dataset,
-        fold=request.fold,
-        setting=request.setting,
-        group=group,
-        seed=request.seed,
-        shots=request.shots,
-        data_root=request.data_root,
-        cache_dir=request.cache_dir,
-        source_dataset=request.source_dataset,
-        source_data_root=request.source_data_root,
-        data_options=config.get("data"),
+        config["prior"], group=group, data_options=config.get("data"), **request.task()
     )
     state = "trained" if record["trained_in_this_run"] else "reused"
     print(f"[{label}] prior {state} in {time.perf_counter() - began:.1f} s: {folder}", flush=True)
