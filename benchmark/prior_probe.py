@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     record = json.loads((args.prior / "prior.json").read_text(encoding="utf-8"))
     key = record["key"]
     slices = collect_prior_slices(args.dataset, key["fold"], key["setting"],
-                                  None if key["group"] == "all" else key["group"], 1, args.data_root,
-                                  args.cache_dir, data_options={"image_size": record["image_size"], "normalisation": "volume_minmax"})  # fmt: skip
+                                  None if key["group"] == "all" else key["group"],
+                                  {"image_size": record["image_size"], "normalisation": "volume_minmax"},
+                                  data_root=args.data_root, cache_dir=args.cache_dir)  # fmt: skip
     vae = AutoencoderKL.from_pretrained(args.prior, subfolder="vae", local_files_only=True)
     prior_unet = UNet2DConditionModel.from_pretrained(args.prior, subfolder="unet", local_files_only=True)
     torch.manual_seed(0)

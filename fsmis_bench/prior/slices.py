@@ -61,26 +61,19 @@ def collect_prior_slices(
     fold: int,
     setting: int = 1,
     group: str | None = None,
-    shots: int = 1,
-    data_root: str | None = None,
-    cache_dir: str | None = None,
-    source_dataset: str | None = None,
-    source_data_root: str | None = None,
     data_options: dict[str, Any] | None = None,
+    **where: Any,
 ) -> PriorSlices:
-    """Every allowed training slice of the fold, from the same slice cache and normalisation as the run."""
+    """Every allowed training slice of the fold, from the same slice cache and normalisation as the run.
+    ``where``: the data module's other task arguments (shots, data_root, cache_dir, source_dataset, ...)."""
     options = {k: v for k, v in (data_options or {}).items() if k in PRIOR_DATA_KEYS}
     module = FewShotDataModule(
         dataset=dataset,
-        data_root=data_root,
         fold=fold,
         setting=setting,
-        shots=shots,
         group=group,
-        cache_dir=cache_dir,
-        source_dataset=source_dataset,
-        source_data_root=source_data_root,
         pseudolabels="superpix2d",
+        **where,
         **options,
     )
     if module.resolved_normalisation != "volume_minmax":
@@ -92,7 +85,9 @@ def collect_prior_slices(
     held_out = sorted(set(module.plan.support_ids) | set(module.plan.query_ids))
     images, superpixels, labels, slices = [], [], [], []
     for scan in module.training_scans():
-        if source_dataset is None and scan.scan_id in held_out:  # the fold plan guarantees it; checked anyway
+        if (
+            module.source_spec is None and scan.scan_id in held_out
+        ):  # the fold plan guarantees it; checked anyway
             raise DataError(f"prior for fold {fold}: training scan {scan.scan_id} is a support or query scan")
         kept = np.flatnonzero(scan.allowed)
         images.append(scan.image[torch.from_numpy(kept)])

@@ -22,28 +22,17 @@ def prepare_prior(
     setting: int,
     group: str | None,
     seed: int,
-    shots: int = 1,
-    data_root: str | None = None,
     cache_dir: str | None = None,
-    source_dataset: str | None = None,
-    source_data_root: str | None = None,
     data_options: dict[str, Any] | None = None,
+    **where: Any,
 ) -> tuple[Path, dict[str, Any]]:
-    """(prior folder, what the run records of it), training the prior first when its key is new."""
+    """(prior folder, what the run records of it), training the prior first when its key is new. ``where``:
+    the run's other task arguments (shots, data_root, source_dataset, source_data_root)."""
     cfg = PriorConfig.from_section(section)
     slices = collect_prior_slices(
-        dataset,
-        fold,
-        setting,
-        group,
-        shots,
-        data_root,
-        cache_dir,
-        source_dataset,
-        source_data_root,
-        data_options,
+        dataset, fold, setting, group, data_options, cache_dir=cache_dir, seed=seed, **where
     )
-    key = PriorKey.of(slices, cfg, dataset, fold, setting, group, seed, source_dataset)
+    key = PriorKey.of(slices, cfg, dataset, fold, setting, group, seed, where.get("source_dataset"))
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     folder, record, trained_now = obtain_prior(key, slices, cfg, cache)
     return folder, summary_of(folder, record, trained_now)

@@ -50,7 +50,7 @@ def native_labels(root: Path, scan_id: int) -> np.ndarray:
 @pytest.mark.parametrize("fold", [0, 1])
 def test_a_prior_never_sees_the_folds_support_or_query_scans(tiny_mri_root, prior_cache, fold):
     slices = collect_prior_slices(
-        "synthetic_mri", fold, 1, None, 1, str(tiny_mri_root), str(prior_cache), data_options=DATA
+        "synthetic_mri", fold, 1, None, DATA, data_root=str(tiny_mri_root), cache_dir=str(prior_cache)
     )
     seen = {scan for scan, _ in slices.slices}
     assert slices.held_out == HELD_OUT[fold]
@@ -65,7 +65,7 @@ def test_a_prior_never_sees_the_folds_support_or_query_scans(tiny_mri_root, prio
 @pytest.mark.parametrize("group", ["lower", "upper"])
 def test_setting_2_prior_sees_no_slice_of_the_tested_organs(tiny_mri_root, prior_cache, group):
     slices = collect_prior_slices(
-        "synthetic_mri", 0, 2, group, 1, str(tiny_mri_root), str(prior_cache), data_options=DATA
+        "synthetic_mri", 0, 2, group, DATA, data_root=str(tiny_mri_root), cache_dir=str(prior_cache)
     )
     tested = SYNTHETIC_MRI.group_labels(group)
     kept: dict[int, list[int]] = {}
