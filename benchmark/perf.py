@@ -53,20 +53,17 @@ def _build(method: str, cache_dir: str) -> tuple[Any, Any, dict[str, Any]]:
     from fsmis_bench.protocol.settings import model_groups
     from fsmis_bench.runner.experiment import RunRequest, resolve_config
 
-    config = resolve_config(RunRequest(method=method, fold=0, profile="cpu"))
+    request = RunRequest(method=method, fold=0, profile="cpu", cache_dir=cache_dir)
+    config = resolve_config(request)
     data_cfg = dict(config.get("data") or {})
     group = model_groups(1, data_cfg.get("pseudolabels", "superpix2d"))[0]
     data = FewShotDataModule(fold=0, setting=1, group=group, cache_dir=cache_dir, **data_cfg)
     data.setup()
     model_config = config["model"]
     if config.get("prior"):  # the cpu profiles of the diffusion methods: their prior, trained once and cached
-        from fsmis_bench.prior import PriorConfig, prepare_prior, with_prior
+        from fsmis_bench.runner.run_prior import model_with_prior
 
-        folder, _ = prepare_prior(
-            config["prior"], dataset="synthetic_mri", fold=0, setting=1, group=group, seed=0,
-            cache_dir=cache_dir, data_options=data_cfg,
-        )  # fmt: skip
-        model_config = with_prior(model_config, PriorConfig.from_section(config["prior"]).target, folder)
+        model_config, _ = model_with_prior(request, config, group, f"bench {method}")
     model = instantiate(model_config)
     return model, data, config
 
