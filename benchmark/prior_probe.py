@@ -6,6 +6,11 @@ through the UNet with the prompt; the decoder blocks' outputs, upsampled to the 
 are each pixel's features. A linear classifier (background + four organs) is fitted on the pixels of some
 training scans and scored (Dice per organ) on the others. Labels serve the probe only; the prior never saw them.
 
+The prior's codec is checked on the same slices: encode -> decode Dice of each organ's masks, and the image
+reconstruction error inside each organ against the rest of the body. ``--slices fold`` probes a setting-2 prior
+on every training slice of its fold (setting 1's pool), so that the organs its exclusion withheld are in the
+test: does the prior represent organs it never saw?
+
   python benchmark/prior_probe.py --prior ~/.cache/fsmis_bench/priors/<key> --dataset abd_mri --data-root DIR
 """
 
@@ -22,8 +27,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from fsmis_bench.prior.builder import prompt_embedding
-from fsmis_bench.prior.slices import collect_prior_slices
-from fsmis_bench.prior.training import encode_latents
+from fsmis_bench.prior.slices import PriorSlices, collect_prior_slices
+from fsmis_bench.prior.training import as_vae_input, encode_latents, mask_round_trip_dice
 
 
 @torch.no_grad()
@@ -75,6 +80,28 @@ def probe_dice(
     ]
 
 
+@torch.no_grad()
+def codec_check(vae: AutoencoderKL, slices: PriorSlices, per_organ: int = 64) -> dict[str, dict[str, float]]:
+    """Per organ: mask round-trip Dice (%) and the image reconstruction MSE ([-1, 1] scale) inside the organ and in
+    the rest of the body on the same slices (up to ``per_organ`` slices that contain it)."""
+    round_trip = mask_round_trip_dice(vae, slices, per_organ)
+    out = {}
+    for organ, label in slices.organ_labels.items():
+        present = np.flatnonzero((slices.labels == label).any(axis=(1, 2)))[:per_organ]
+        if not len(present):
+            continue
+        images = as_vae_input(slices.images[present])
+        error = (vae.decode(vae.encode(images).latent_dist.mean).sample - images).pow(2).mean(1).numpy()
+        inside = slices.labels[present] == label
+        body = (slices.images[present].numpy() > 0.05) & (slices.labels[present] == 0)
+        out[organ] = {
+            "mask_round_trip_dice": round_trip[organ],
+            "image_mse_inside": round(float(error[inside].mean()), 5),
+            "image_mse_body": round(float(error[body].mean()), 5),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,11 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--timestep", type=int, default=50)
+    parser.add_argument(
+        "--slices",
+        choices=("prior", "fold"),
+        default="prior",
+        help="probe on the prior's own training slices, or on every training slice of its fold (setting 1)",
+    )
     args = parser.parse_args(argv)
     record = json.loads((args.prior / "prior.json").read_text(encoding="utf-8"))
     key = record["key"]
-    slices = collect_prior_slices(args.dataset, key["fold"], key["setting"],
-                                  None if key["group"] == "all" else key["group"],
+    own = args.slices == "prior"
+    slices = collect_prior_slices(args.dataset, key["fold"], key["setting"] if own else 1,
+                                  None if key["group"] == "all" or not own else key["group"],
                                   {"image_size": record["image_size"], "normalisation": "volume_minmax"},
                                   data_root=args.data_root, cache_dir=args.cache_dir)  # fmt: skip
     vae = AutoencoderKL.from_pretrained(args.prior, subfolder="vae", local_files_only=True)
@@ -111,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     scans = np.array([s for s, _ in slices.slices])
     held = sorted(set(scans))[-len(set(scans)) // 3 :]  # the last third of the scans are scored
     train = torch.from_numpy(~np.isin(scans, held))
-    result = {"prior": str(args.prior), "timestep": args.timestep, "scored_scans": [int(s) for s in held]}
+    result = {
+        "prior": str(args.prior),
+        "slices": args.slices,
+        "timestep": args.timestep,
+        "scored_scans": [int(s) for s in held],
+        "codec": codec_check(vae, slices),
+    }
     for name, unet in (("prior_unet", prior_unet.eval()), ("random_unet", random_unet.eval())):
         features = unet_features(unet, latents, context, args.timestep)
         dice = probe_dice(features, labels, train)

@@ -238,3 +238,29 @@ def test_the_random_init_ablation_stays_reachable(method):
         check_profile("cpu_random_init")  # a method's own profile, not a common one
     with pytest.raises(ConfigError, match="unknown profile"):
         check_profile("cpu_random_init", "alpnet")
+
+
+def test_the_probe_reaches_the_organs_a_setting_2_prior_never_saw(tiny_mri_root, prior_cache, capsys):
+    """benchmark/prior_probe.py --slices fold: the codec check and the probe cover the withheld kidneys."""
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("prior_probe", repo / "benchmark" / "prior_probe.py")
+    prior_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prior_probe)
+    folder, _ = prepare_prior(
+        TINY_PRIOR, dataset="synthetic_mri", fold=0, setting=2, group="lower", seed=0,
+        data_root=str(tiny_mri_root), cache_dir=str(prior_cache), data_options=DATA,
+    )  # fmt: skip
+    capsys.readouterr()  # the prior's training lines
+    common = ["--prior", str(folder), "--dataset", "synthetic_mri", "--data-root", str(tiny_mri_root)]
+    common += ["--cache-dir", str(prior_cache)]
+    reports = {}
+    for slices in ("prior", "fold"):
+        assert prior_probe.main([*common, "--slices", slices]) == 0
+        reports[slices] = json.loads(capsys.readouterr().out)
+    kidneys = {"kidney_left", "kidney_right"}
+    assert not kidneys & set(reports["prior"]["codec"])  # setting 2's lower pool has no kidney
+    assert kidneys <= set(reports["fold"]["codec"]) and kidneys <= set(reports["fold"]["prior_unet"])
+    for figures in reports["fold"]["codec"].values():
+        assert 0 <= figures["mask_round_trip_dice"] <= 100 and figures["image_mse_inside"] >= 0
