@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from fsmis_bench.config import config_hash
 from fsmis_bench.prior.config import PriorConfig
@@ -109,6 +113,21 @@ def read_record(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+@contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Restore the global torch (CPU and CUDA), NumPy and Python random states on exit: training a prior must
+    not move the caller's random stream, or a run would get other numbers when its prior was trained in the
+    same process than when it was reused from the cache."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def obtain_prior(
     key: PriorKey, slices: PriorSlices, cfg: PriorConfig, cache_dir: Path
 ) -> tuple[Path, dict[str, Any], bool]:
@@ -127,7 +146,8 @@ def obtain_prior(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            figures = train_prior(slices, cfg, key.seed, tmp)
+            with rng_untouched():
+                figures = train_prior(slices, cfg, key.seed, tmp)
             record = {
                 "key": key.__dict__,
                 "config": cfg.as_dict(),

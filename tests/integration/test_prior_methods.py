@@ -69,3 +69,42 @@ def test_one_prior_serves_both_methods(runs):
     for model in runs["progidiff"]["models"]:  # two GT models (lower, upper), one setting-1 prior
         assert model["prior"]["folder"] == sd_prior["folder"]
         assert not model["prior"]["trained_in_this_run"]
+
+
+def test_a_run_gets_the_same_numbers_whether_its_prior_was_trained_now_or_reused(
+    runs, tiny_mri_root, tmp_path
+):
+    """Training the prior in the run's process must not move the run's random stream (model init, noise)."""
+    first = runs["sd_fsmis"]
+    assert first["models"][0]["prior"]["trained_in_this_run"]
+    cache = first["models"][0]["prior"]["folder"].split("/priors/")[0]
+    request = RunRequest(
+        method="sd_fsmis",
+        fold=0,
+        data_root=str(tiny_mri_root),
+        profile="cpu",
+        output=str(tmp_path / "runs"),
+        cache_dir=cache,
+        overrides=TINY_PRIOR,
+    )
+    again = json.loads((execute_run(request) / "summary.json").read_text(encoding="utf-8"))
+    assert not again["models"][0]["prior"]["trained_in_this_run"]
+    assert again["models"][0]["final_loss"] == first["models"][0]["final_loss"]
+    assert again["dice"] == first["dice"]
+
+
+def test_training_a_prior_leaves_the_callers_random_state_alone():
+    import random
+
+    import numpy as np
+    import torch
+
+    from fsmis_bench.prior.store import rng_untouched
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    expected = (torch.rand(2), np.random.rand(2), random.random())
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    with rng_untouched():
+        torch.rand(5), np.random.rand(5), random.random(), torch.nn.Linear(4, 4)
+    assert torch.equal(torch.rand(2), expected[0])
+    assert np.array_equal(np.random.rand(2), expected[1]) and random.random() == expected[2]
