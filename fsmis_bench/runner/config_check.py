@@ -16,6 +16,7 @@ from jsonargparse import ArgumentParser
 
 from fsmis_bench.config import config_hash, import_class
 from fsmis_bench.errors import ConfigError
+from fsmis_bench.support_control import support_control_of
 
 
 def _one_line(exc: BaseException) -> str:
@@ -109,5 +110,11 @@ def check_config(method: str, config: dict[str, Any]) -> None:
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"model.class_path {model.get('class_path')!r}: {_one_line(exc)}") from None
     check_signature(cls, dict(model.get("init_args") or {}), "model.init_args")
+    traits = getattr(cls, "traits", None)
+    if getattr(traits, "test_time_training", False) and support_control_of(config) != "none":
+        raise ConfigError(
+            f"evaluation.support_control: {method} fits weights on the support while testing, so a control "
+            "predicted with those weights would not test the support; compare its dice_before_adaptation instead"
+        )
     check_builds(method, config)
     _PASSED.add((method, digest))

@@ -125,3 +125,4 @@ def test_a_method_that_trains_on_the_support_at_test_time_is_refused(tmp_path, t
     args += ["smoke", "--output", str(tmp_path / "runs"), "--set", "evaluation.support_control=mirror"]
     assert main(args) == 2
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert main([*args, "--dry-run"]) == 2  # refused before any job would start
