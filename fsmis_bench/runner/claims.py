@@ -22,7 +22,7 @@ from fsmis_bench.runner.store import ResultsStore, write_atomic
 CLAIMS_DIR = "claims"
 
 
-def _alive(owner: dict[str, object]) -> bool:
+def owner_alive(owner: dict[str, object]) -> bool:
     """Whether the claiming sweep may still run: always for another host, else if its process exists."""
     if owner.get("host") != socket.gethostname():
         return True
@@ -60,7 +60,7 @@ class JobClaims:
                 owner = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):  # no claim, or one this code did not write: taken over
                 owner = None
-            if isinstance(owner, dict) and owner != self.owner and _alive(owner):
+            if isinstance(owner, dict) and owner != self.owner and owner_alive(owner):
                 return f"claimed by the sweep {owner.get('host')}:{owner.get('pid')} ({path})"
             write_atomic(path, json.dumps(self.owner).encode())
             return None

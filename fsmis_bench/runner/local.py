@@ -6,12 +6,16 @@ mask) are split into disjoint sets, one per slot: each job is pinned to its set 
 (``OMP_NUM_THREADS`` and torch threads), so concurrent jobs do not oversubscribe the machine. ``cpu:NxT``
 gives N slots of exactly T cores each, whatever the machine has: a job's numbers depend on its thread count
 (float reductions), so a sweep whose Dice must be reproduced elsewhere (the CI regression) fixes it. Two
-sweeps on one machine must not see the same cores: start each under ``taskset -c`` with its own cores.
+sweeps on one machine pin different cores: each takes a lease on the cores it pins (core_leases.py) and a later
+one splits the cores no live sweep holds.
+
+Every job imports the ``fsmis_bench`` this sweep runs, wherever it is started from (``job_environment``).
 """
 
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 import time
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 
+import fsmis_bench
 from fsmis_bench.errors import ConfigError
 from fsmis_bench.runner.claims import JobClaims
 from fsmis_bench.runner.jobs import Outcome, PlannedJob, failed_row
@@ -48,6 +53,21 @@ class Slot:
         }
 
 
+def job_environment(slot: Slot) -> dict[str, str]:
+    """The environment of a job on ``slot``: its threads and device, and an import path that gives it the package
+    this sweep runs. ``python -m`` puts the working directory first on ``sys.path``, so a sweep of one checkout
+    started from another checkout's folder (``PYTHONPATH=<worktree>``) ran the other checkout's code in its jobs:
+    ``PYTHONSAFEPATH`` (Python >= 3.11) leaves the working directory out, and the package's folder goes first on
+    ``PYTHONPATH`` unless it is a site-packages folder (an installed wheel, found there anyway)."""
+    env = {**os.environ, **slot.env(), "PYTHONSAFEPATH": "1"}
+    root = str(Path(fsmis_bench.__file__).resolve().parents[1])
+    site_folders = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root not in site_folders:
+        paths = [root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
 def available_cpus() -> list[int]:
     """The cores this process may run on (all cores where affinity masks do not exist)."""
     if hasattr(os, "sched_getaffinity"):
@@ -62,9 +82,10 @@ def split_cpus(cpus: list[int], count: int, size: int | None = None) -> list[tup
     return [tuple(cpus[(i * size + j) % len(cpus)] for j in range(size)) for i in range(count)]
 
 
-def parse_devices(text: str) -> list[Slot]:
+def parse_devices(text: str, taken: set[int] | None = None) -> list[Slot]:
     """``"0,1"`` -> GPU slots 0 and 1 (``"0,0"``: two slots on GPU 0); ``"cpu:2"`` (or ``"cpu"``) -> two (one)
-    CPU slots; ``"cpu:2x1"`` -> two CPU slots of one core each."""
+    CPU slots; ``"cpu:2x1"`` -> two CPU slots of one core each. The cores in ``taken`` (another sweep's) are
+    left out while enough others remain."""
     text = text.strip()
     size = None
     if text == "cpu" or text.startswith("cpu:"):
@@ -85,7 +106,9 @@ def parse_devices(text: str) -> list[Slot]:
             (f"cuda:{gpu}" + (f"#{ids[:i].count(gpu) + 1}" if gpu in ids[:i] else ""), gpu)
             for i, gpu in enumerate(ids)
         ]
-    cpu_sets = split_cpus(available_cpus(), len(slots), size)
+    cpus = available_cpus()
+    free = [core for core in cpus if core not in (taken or set())]
+    cpu_sets = split_cpus(free if len(free) >= len(slots) * (size or 1) else cpus, len(slots), size)
     return [Slot(name, gpu, cpus) for (name, gpu), cpus in zip(slots, cpu_sets, strict=True)]
 
 
@@ -119,7 +142,7 @@ def _run_subprocess(planned: PlannedJob, results: Path, log: SweepLog, slot: Slo
     started = time.monotonic()
     with log_path.open("w") as handle:
         code = subprocess.run(
-            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **slot.env()}
+            command, stdout=handle, stderr=subprocess.STDOUT, env=job_environment(slot)
         ).returncode
     seconds = time.monotonic() - started
     rows = [r for r in ResultsStore(results).rows() if r["key"] == job.key and r["status"] == "ok"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from fsmis_bench.runner.core_leases import leased_slots
 from fsmis_bench.runner.jobs import PlannedJob, planned_fingerprint
 from fsmis_bench.runner.local import parse_devices, run_local
 from fsmis_bench.runner.slurm import run_slurm
@@ -57,7 +58,8 @@ def run_sweep(
     if only:
         spec = select_jobs(spec, only)
     results_dir = Path(results or spec.results or "results")
-    slots = parse_devices(devices or spec.devices or "cpu:1") if backend == "local" else []
+    devices = devices or spec.devices or "cpu:1"
+    slots = parse_devices(devices) if backend == "local" else []  # the plan; the run leases its cores
     store = ResultsStore(results_dir)
     planned, status = plan(spec, store, resume)
     skipped = len(spec.jobs) - len(planned)
@@ -75,7 +77,10 @@ def run_sweep(
     if not planned:
         outcomes = []
     elif backend == "local":
-        outcomes = run_local(planned, results_dir, log, slots, resume)
+        with leased_slots(devices, spec.name) as (slots, shared):
+            for line in shared:
+                log.line("WARN", f"{line}: jobs will share them (start each sweep under its own taskset -c)")
+            outcomes = run_local(planned, results_dir, log, slots, resume)
     else:
         outcomes = run_slurm(planned, results_dir, log, spec.name, spec.slurm)
     log.summary(outcomes, skipped, time.monotonic() - started)
