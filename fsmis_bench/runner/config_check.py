@@ -99,7 +99,8 @@ def check_config(method: str, config: dict[str, Any]) -> None:
     if (method, digest) in _PASSED:
         return
     from fsmis_bench.datamodule import FewShotDataModule
-    from fsmis_bench.runner.experiment import RUN_ONLY_TRAINER_KEYS
+    from fsmis_bench.runner.fitting import RUN_ONLY_TRAINER_KEYS
+    from fsmis_bench.runner.selection import selection_of
 
     check_signature(FewShotDataModule, dict(config.get("data") or {}), "data")
     trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k not in RUN_ONLY_TRAINER_KEYS}
@@ -116,5 +117,10 @@ def check_config(method: str, config: dict[str, Any]) -> None:
             f"evaluation.support_control: {method} fits weights on the support while testing, so a control "
             "predicted with those weights would not test the support; compare its dice_before_adaptation instead"
         )
+    selection = selection_of(config)
+    if selection is not None and not getattr(traits, "trainable", True):
+        raise ConfigError(f"selection: {method} trains nothing, so there is no training loss to choose by")
+    for value in selection.values if selection else ():
+        check_config(method, selection.config_for(config, value))
     check_builds(method, config)
     _PASSED.add((method, digest))

@@ -15,17 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pandas as pd
-import torch
 import yaml
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from fsmis_bench.config import apply_overrides, config_hash, instantiate, load_yaml
+from fsmis_bench.config import apply_overrides, config_hash, load_yaml
 from fsmis_bench.data.datasets import ORGANS, get_dataset
-from fsmis_bench.datamodule import FewShotDataModule
 from fsmis_bench.errors import ConfigError
-from fsmis_bench.methods.base import FewShotSegmenter, MethodTraits
+from fsmis_bench.methods.base import MethodTraits
 from fsmis_bench.metrics.aggregate import summarize_cases, valid_counts
 from fsmis_bench.protocol.settings import model_groups
 from fsmis_bench.protocol.splits import check_fold
@@ -37,9 +33,9 @@ from fsmis_bench.runner.determinism import (
     requested_determinism,
     resolve_determinism,
 )
-from fsmis_bench.runner.progress import progress_options
-from fsmis_bench.runner.run_prior import model_with_prior
-from fsmis_bench.support_control import MirroredSupportControl, support_control_of
+from fsmis_bench.runner.fitting import fit_model, matmul_precision
+from fsmis_bench.runner.selection import selection_of
+from fsmis_bench.support_control import support_control_of
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +138,11 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
         else load_yaml(profile_path(request.method, request.profile))
     )
     config = apply_overrides(base, request.overrides)
-    unknown = set(config) - {"model", "data", "trainer", "prior", "evaluation", "notes"}
+    unknown = set(config) - {"model", "data", "trainer", "prior", "evaluation", "selection", "notes"}
     if unknown:
         raise ConfigError(
-            f"unknown config section(s) {sorted(unknown)} (known: model, data, trainer, prior, evaluation)"
+            f"unknown config section(s) {sorted(unknown)} "
+            "(known: model, data, trainer, prior, evaluation, selection)"
         )
     for section, allowed in (("data", PROFILE_DATA_KEYS), ("trainer", TRAINER_KEYS)):
         bad = set(config.get(section) or {}) - allowed
@@ -156,6 +153,7 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
     requested_determinism(config.get("trainer") or {})
     matmul_precision(config.get("trainer") or {})
     support_control_of(config)
+    selection_of(config)
     return config
 
 
@@ -171,27 +169,6 @@ def run_config_document(request: RunRequest, config: dict[str, Any]) -> str:
     """What a run folder's config.yaml holds (and ``run --print-config`` prints): the request and the
     resolved configuration; ``run --config`` takes it back."""
     return yaml.safe_dump({"request": request.__dict__, **config}, sort_keys=False)
-
-
-def loss_log_interval(max_steps: int | None) -> int:
-    """Steps between logged training losses: about 50 points per fit, at least every 25 steps."""
-    return min(25, max(1, int(max_steps or 0) // 50))
-
-
-MATMUL_PRECISIONS = ("highest", "high", "medium")
-#: Trainer-section keys that configure torch rather than the Lightning Trainer.
-RUN_ONLY_TRAINER_KEYS = {"deterministic", "float32_matmul_precision"}
-
-
-def matmul_precision(trainer_config: dict[str, Any]) -> str:
-    """``trainer.float32_matmul_precision`` (torch's own names; default ``highest``): ``high`` lets CUDA fp32
-    matrix products run in TF32, as the SD-FSMIS paper setup allows. CPU results do not change."""
-    value = str(trainer_config.get("float32_matmul_precision", "highest"))
-    if value not in MATMUL_PRECISIONS:
-        raise ConfigError(
-            f"trainer.float32_matmul_precision={value!r}: expected one of {', '.join(MATMUL_PRECISIONS)}"
-        )
-    return value
 
 
 def fingerprint_payload(request: RunRequest, config: dict[str, Any]) -> dict[str, Any]:
@@ -211,68 +188,26 @@ def fingerprint_payload(request: RunRequest, config: dict[str, Any]) -> dict[str
 def _train_and_test(
     request: RunRequest, config: dict[str, Any], group: str | None, run_dir: Path, policy: DeterminismPolicy
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    L.seed_everything(request.seed, workers=True, verbose=False)
-    data = FewShotDataModule(**request.task(), group=group, **(config.get("data") or {}))
-    label = f"{request.method} fold {request.fold}" + (f" {group}" if group else "")
-    prepared = time.perf_counter()
-    data.setup()
-    plan = data.plan
-    print(
-        f"[{label}] data ready in {time.perf_counter() - prepared:.1f} s: {request.dataset}, "
-        f"{len(plan.train_ids)} training / {len(plan.support_ids)} support / {len(plan.query_ids)} query scans",
-        flush=True,
-    )
-    info: dict[str, Any] = {"group": group or "all", "organs": list(data.organs)}
-    model_config = config["model"]
-    if config.get("prior"):
-        model_config, info["prior"] = model_with_prior(request, config, group, label)
-    model: FewShotSegmenter = instantiate(model_config)
-    if not isinstance(model, FewShotSegmenter):
-        raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
-    trainer_config = config.get("trainer") or {}
-    trainer_options = {k: v for k, v in trainer_config.items() if k not in RUN_ONLY_TRAINER_KEYS}
-    control = MirroredSupportControl() if support_control_of(config) == "mirror" else None
-    logger = TensorBoardLogger(
-        str(run_dir), name="tensorboard", version=group or "all", default_hp_metric=False
-    )
-    trainer = L.Trainer(
-        accelerator=request.accelerator,
-        devices=1,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        deterministic=policy.deterministic,
-        num_sanity_val_steps=0,
-        inference_mode=not model.traits.test_time_training,
-        **progress_options(label, extra_callbacks=[control] if control else []),
-        **{"log_every_n_steps": loss_log_interval(trainer_options.get("max_steps")), **trainer_options},
-    )
-    policy.apply_env()
-    if policy.device == "cuda":  # on CPU "high" may switch to bf16x3 kernels: CPU numbers stay exact
-        info["float32_matmul_precision"] = matmul_precision(trainer_config)
-        torch.set_float32_matmul_precision(info["float32_matmul_precision"])
-    started = time.perf_counter()
-    if model.traits.trainable:
-        trainer.fit(model, datamodule=data)
-        info["train_steps"] = int(trainer.global_step)
-        info["final_loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
-        kept, total = data.kept_training_slices()
-        info["training_slices_kept"], info["training_slices_total"] = kept, total
-    info["train_seconds"] = round(time.perf_counter() - started, 2)
+    fitted = fit_model(request, config, group, run_dir, policy)
+    model, data, info = fitted.model, fitted.data, fitted.info
     tested = time.perf_counter()
-    trainer.test(model, datamodule=data, verbose=False)
+    fitted.trainer.test(model, datamodule=data, verbose=False)
     info["test_seconds"] = round(time.perf_counter() - tested, 2)
     info["skipped_cases"] = [
         {"scan_id": s, "organ": o, "reason": "organ absent from query"} for s, o in data.skipped
     ]
     info["protocol"] = data.describe()
-    info["deviations"] = model.deviations() + ([info["prior"]["tag"]] if "prior" in info else [])
+    info["deviations"] = (
+        model.deviations()
+        + ([info["prior"]["tag"]] if "prior" in info else [])
+        + ([selection_of(config).tag] if "selection" in info else [])
+    )
     method_info = model.run_info()
     if method_info:
         info["method_info"] = method_info
     rows = [{"fold": request.fold, "group": group or "all", **r.as_row()} for r in model.case_results]
-    if control is not None:
-        control.annotate(rows)
+    if fitted.control is not None:
+        fitted.control.annotate(rows)
     return rows, info
 
 
