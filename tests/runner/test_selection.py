@@ -76,3 +76,20 @@ def test_nan_never_wins_and_ties_go_to_the_first():
     selection = Selection(LR, (1.0, 2.0, 3.0))
     assert chosen(selection, [math.nan, 0.5, 0.4]) == 2
     assert chosen(selection, [0.4, 0.4, math.nan]) == 0
+
+
+def test_the_tail_averages_the_losses_of_the_last_steps_only():
+    from types import SimpleNamespace
+
+    import torch
+
+    from fsmis_bench.runner.selection import TrainLossTail
+
+    tail = TrainLossTail(max_steps=10, tail=0.2)  # steps 9 and 10
+    for step in range(1, 11):  # global_step counts the optimizer steps done when a batch ends
+        tail.on_train_batch_end(
+            SimpleNamespace(global_step=step), None, {"loss": torch.tensor(float(step))}, None, 0
+        )
+    assert tail.losses == [9.0, 10.0] and tail.value == 9.5
+    with pytest.raises(ConfigError, match="max_steps"):
+        TrainLossTail(max_steps=None, tail=0.2)
