@@ -127,15 +127,16 @@ def fit_model(
     selection = selection_of(config)
     if selection is None:
         return fit_once(request, config, group, run_dir, policy, version)
-    fits, tails = [], []
+    best, tails, seconds = None, [], 0.0
     for number, value in enumerate(selection.values):
         candidate = fit_once(
             request, selection.config_for(config, value), group, run_dir, policy, f"{version}-candidate{number}",
             selection.tail,
         )  # fmt: skip
-        fits.append(candidate)
         tails.append(candidate.loss_tail.value)
-    best = fits[chosen(selection, tails)]
-    best.info["selection"] = selection_record(selection, tails, fits.index(best))
-    best.info["train_seconds"] = round(sum(f.info["train_seconds"] for f in fits), 2)
+        seconds += candidate.info["train_seconds"]
+        if chosen(selection, tails) == number:
+            best = candidate  # only the best so far is kept (one model's memory, e.g. on a GPU)
+    best.info["train_seconds"] = round(seconds, 2)  # every candidate's training
+    best.info["selection"] = selection_record(selection, tails, chosen(selection, tails))
     return best

@@ -35,6 +35,7 @@ def test_the_lowest_tail_loss_wins_and_equals_a_run_with_that_value_alone(tmp_pa
     assert [c["value"] for c in record["candidates"]] == [1.0e-2, 3.0e-1]
     assert record["chosen"] == record["candidates"][tails.index(min(tails))]["value"]
     assert tails[0] != tails[1]  # the candidates trained differently
+    assert model["train_steps"] == 6 and model["train_seconds"] > 0
     assert f"selected_by_train_loss({LR})" in model["deviations"]
     assert sorted(p.name for p in (run / "tensorboard").iterdir()) == ["all-candidate0", "all-candidate1"]
     _, alone, _ = run_panet(tmp_path, smoke_run_args, "alone", "--set", f"{LR}={record['chosen']}")
