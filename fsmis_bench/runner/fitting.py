@@ -3,6 +3,7 @@ callbacks and determinism, and ``fit``; with a ``selection`` section, once per c
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ def fit_once(
     trainer_config = config.get("trainer") or {}
     trainer_options = {k: v for k, v in trainer_config.items() if k not in RUN_ONLY_TRAINER_KEYS}
     control = MirroredSupportControl() if support_control_of(config) == "mirror" else None
-    loss_tail = TrainLossTail(trainer_options.get("max_steps"), tail) if tail else None
+    loss_tail = TrainLossTail(tail) if tail else None
     logger = TensorBoardLogger(str(run_dir), name="tensorboard", version=version, default_hp_metric=False)
     trainer = L.Trainer(
         accelerator=request.accelerator,
@@ -136,7 +137,9 @@ def fit_model(
         tails.append(candidate.loss_tail.value)
         seconds += candidate.info["train_seconds"]
         if chosen(selection, tails) == number:
-            best = candidate  # only the best so far is kept (one model's memory, e.g. on a GPU)
+            best = candidate
+        del candidate  # the others' models, optimizers and data go before the next candidate trains
+        gc.collect()
     best.info["train_seconds"] = round(seconds, 2)  # every candidate's training
     best.info["selection"] = selection_record(selection, tails, chosen(selection, tails))
     return best

@@ -1,7 +1,8 @@
 """Sweep jobs: one ``fsmis-bench run`` under a stable key, and the job function that every backend executes.
 
 ``python -m fsmis_bench.runner.jobs --results DIR --job JSON`` is the entry point of the local backend's
-subprocesses; the SLURM backend pickles :func:`run_job` itself.
+subprocesses (started as ``local.JOB_PROGRAM``, which fixes the import path); the SLURM backend pickles
+:func:`run_job` itself.
 """
 
 from __future__ import annotations

@@ -9,13 +9,12 @@ gives N slots of exactly T cores each, whatever the machine has: a job's numbers
 sweeps on one machine pin different cores: each takes a lease on the cores it pins (core_leases.py) and a later
 one splits the cores no live sweep holds.
 
-Every job imports the ``fsmis_bench`` this sweep runs, wherever it is started from (``job_environment``).
+Every job imports the ``fsmis_bench`` this sweep runs, wherever it is started from (``JOB_PROGRAM``).
 """
 
 from __future__ import annotations
 
 import os
-import site
 import subprocess
 import sys
 import time
@@ -53,19 +52,24 @@ class Slot:
         }
 
 
-def job_environment(slot: Slot) -> dict[str, str]:
-    """The environment of a job on ``slot``: its threads and device, and an import path that gives it the package
-    this sweep runs. ``python -m`` puts the working directory first on ``sys.path``, so a sweep of one checkout
-    started from another checkout's folder (``PYTHONPATH=<worktree>``) ran the other checkout's code in its jobs:
-    ``PYTHONSAFEPATH`` (Python >= 3.11) leaves the working directory out, and the package's folder goes first on
-    ``PYTHONPATH`` unless it is a site-packages folder (an installed wheel, found there anyway)."""
-    env = {**os.environ, **slot.env(), "PYTHONSAFEPATH": "1"}
+#: How a job starts: ``python -c JOB_PROGRAM <package root> <arguments>`` runs ``fsmis_bench.runner.jobs`` as
+#: ``python -m`` would, but imports the package the sweep runs. ``python -m`` puts the working directory first on
+#: ``sys.path``: a sweep of one checkout started from another checkout's folder (``PYTHONPATH=<worktree>``) ran the
+#: other checkout's code in its jobs. The program drops the working directory and puts the sweep's package root
+#: first unless it is already on the path (an installed wheel's site-packages, a PYTHONPATH entry).
+JOB_PROGRAM = (
+    "import runpy, sys; root = sys.argv.pop(1); sys.path[:] = [p for p in sys.path if p]; "
+    "sys.path.insert(0, root) if root not in sys.path else None; "
+    "runpy.run_module('fsmis_bench.runner.jobs', run_name='__main__', alter_sys=True)"
+)
+
+
+def job_command(results: Path, job_json: str, slot: Slot) -> list[str]:
+    """The command line of one job on ``slot`` (see ``JOB_PROGRAM``)."""
     root = str(Path(fsmis_bench.__file__).resolve().parents[1])
-    site_folders = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
-    if root not in site_folders:
-        paths = [root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
+    command = [sys.executable, "-c", JOB_PROGRAM, root, "--results", str(results), "--job", job_json]
+    command += ["--cpus", ",".join(map(str, slot.cpus))]
+    return command + (["--accelerator", "cpu"] if slot.gpu is None else [])
 
 
 def available_cpus() -> list[int]:
@@ -108,7 +112,9 @@ def parse_devices(text: str, taken: set[int] | None = None) -> list[Slot]:
         ]
     cpus = available_cpus()
     free = [core for core in cpus if core not in (taken or set())]
-    cpu_sets = split_cpus(free if len(free) >= len(slots) * (size or 1) else cpus, len(slots), size)
+    if len(free) < len(slots) * (size or 1):  # too few: the free ones first, then shared ones
+        free += [core for core in cpus if core not in free]
+    cpu_sets = split_cpus(free, len(slots), size)
     return [Slot(name, gpu, cpus) for (name, gpu), cpus in zip(slots, cpu_sets, strict=True)]
 
 
@@ -134,15 +140,12 @@ def _run_subprocess(planned: PlannedJob, results: Path, log: SweepLog, slot: Slo
     """Run the job in a subprocess on ``slot``; record a failed row if it did not record its own."""
     job = planned.job
     log_path = results / "logs" / f"{job.key}.log"
-    command = [sys.executable, "-m", "fsmis_bench.runner.jobs", "--results", str(results)]
-    command += ["--job", job.to_json(), "--cpus", ",".join(map(str, slot.cpus))]
-    if slot.gpu is None:
-        command += ["--accelerator", "cpu"]
+    command = job_command(results, job.to_json(), slot)
     log.start(planned, f"{slot.name} (log {log_path})")
     started = time.monotonic()
     with log_path.open("w") as handle:
         code = subprocess.run(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=job_environment(slot)
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **slot.env()}
         ).returncode
     seconds = time.monotonic() - started
     rows = [r for r in ResultsStore(results).rows() if r["key"] == job.key and r["status"] == "ok"]

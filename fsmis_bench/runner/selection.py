@@ -1,17 +1,20 @@
-"""Choose one value of a config key by training loss, reading no test scan.
+"""Choose one optimisation setting by training loss, reading no test scan.
 
-With a ``selection`` section (``key``: a dotted config key, ``values``: two or more candidates, ``tail``: the
-fraction of the last steps that is averaged, default 0.2) a run trains each model once per candidate value, from
-the same seed (so each candidate is the model a run with that value alone trains), keeps the one whose mean
-training loss over the last ``tail`` of its optimizer steps is lowest, and tests only that one. The choice is
-made per model (per label group in setting 2). Why: a learning rate that suits one training pool can wreck a
-fine-tuning on another (SD-FSMIS's setting-2 kidney model, its README), and the training loss is the one signal
-a run may read. Every candidate's tail loss and the chosen value go into ``summary.json``; the rows carry the
-deviation tag ``selected_by_train_loss(<key>)``.
+With a ``selection`` section (``key``: a dotted ``model.init_args`` key such as the learning rate, ``values``: two
+or more candidates, ``tail``: the fraction of the last optimizer steps that is averaged, default 0.2) a run trains
+each model once per candidate value, from the same seed (so each candidate is the model a run with that value
+alone trains), keeps the one whose mean training loss over the last ``tail`` of its steps is lowest, and tests
+only that one. The choice is made per model (per label group in setting 2). Why: a learning rate that suits one
+training pool can wreck a fine-tuning on another (SD-FSMIS's setting-2 kidney model, its README), and the
+training loss is the one signal a run may read. It compares like with like only where the loss and the training
+data stay the same, hence model keys only, never the data or protocol; and a bigger model fits its training loss
+better, so it is meant for optimisation settings. Every candidate's tail loss and the chosen value go into
+``summary.json``; the rows carry the deviation tag ``selected_by_train_loss(<key>)``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +22,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from fsmis_bench.config import apply_overrides
 from fsmis_bench.errors import ConfigError
 
 SECTION = "selection"
@@ -38,9 +40,14 @@ class Selection:
         return f"selected_by_train_loss({self.key})"
 
     def config_for(self, config: dict[str, Any], value: Any) -> dict[str, Any]:
-        """``config`` with the key set to ``value`` and the selection section removed."""
-        base = {k: v for k, v in config.items() if k != SECTION}
-        return apply_overrides(base, [f"{self.key}={value!r}"])
+        """A copy of ``config`` with the key set to ``value`` and the selection section removed."""
+        out = copy.deepcopy({k: v for k, v in config.items() if k != SECTION})
+        *parents, last = self.key.split(".")
+        node = out
+        for part in parents:
+            node = node[part]
+        node[last] = copy.deepcopy(value)
+        return out
 
 
 def _lookup(config: dict[str, Any], key: str) -> Any:
@@ -60,9 +67,10 @@ def selection_of(config: dict[str, Any]) -> Selection | None:
     if not isinstance(section, dict) or set(section) - {"key", "values", "tail"}:
         raise ConfigError(f"selection: expected a mapping of key, values and tail, got {section!r}")
     key, values, tail = section.get("key"), section.get("values"), section.get("tail", 0.2)
-    if not isinstance(key, str) or not key.startswith(("model.", "data.", "trainer.")):
+    if not isinstance(key, str) or not key.startswith("model.init_args."):
         raise ConfigError(
-            f"selection.key={key!r}: expected a dotted key of the model, data or trainer section"
+            f"selection.key={key!r}: expected a model.init_args key (an optimisation setting such as "
+            "model.init_args.optimizer.lr); data and trainer keys would change what the loss is compared on"
         )
     _lookup(config, key)
     if not isinstance(values, list) or len(values) < 2 or len(set(map(repr, values))) != len(values):
@@ -73,20 +81,24 @@ def selection_of(config: dict[str, Any]) -> Selection | None:
 
 
 class TrainLossTail(L.Callback):
-    """The mean training loss (the value ``training_step`` returns) over the last ``tail`` of ``max_steps``."""
+    """The mean training loss (what ``training_step`` returns) over the last ``tail`` of the optimizer steps run.
 
-    def __init__(self, max_steps: int, tail: float) -> None:
-        if not max_steps or max_steps < 1:
-            raise ConfigError("selection needs trainer.max_steps (the tail is a fraction of the steps)")
-        self.first_step = max_steps - max(1, math.ceil(tail * max_steps))
-        self.losses: list[float] = []
+    With gradient accumulation over A batches a step is A batches and Lightning hands back the loss divided by A,
+    so each batch counts towards step ceil(batch / A) at A times the value handed back."""
+
+    def __init__(self, tail: float) -> None:
+        self.tail = tail
+        self.batches = 0
+        self.losses: list[tuple[int, float]] = []  # (optimizer step, loss)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
     ) -> None:
+        self.batches += 1
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and trainer.global_step > self.first_step:
-            self.losses.append(float(loss.detach()))
+        if isinstance(loss, torch.Tensor):
+            accumulate = int(trainer.accumulate_grad_batches)
+            self.losses.append((math.ceil(self.batches / accumulate), float(loss.detach()) * accumulate))
 
     @property
     def value(self) -> float:
@@ -94,7 +106,10 @@ class TrainLossTail(L.Callback):
             raise ConfigError(
                 "selection: no training loss was recorded (does training_step return the loss?)"
             )
-        return sum(self.losses) / len(self.losses)
+        last = self.losses[-1][0]
+        first = last - max(1, math.ceil(self.tail * last))
+        kept = [loss for step, loss in self.losses if step > first]
+        return sum(kept) / len(kept)
 
 
 def chosen(selection: Selection, tails: list[float]) -> int:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import fsmis_bench
 from fsmis_bench.runner.core_leases import leased_slots
 from fsmis_bench.runner.jobs import Job, PlannedJob
 from fsmis_bench.runner.local import parse_devices, run_local
@@ -48,7 +47,7 @@ def test_too_few_free_cores_are_shared_and_named(tmp_path, monkeypatch, other_sw
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     other_sweep([0])
     with leased_slots("cpu:2x1", "mine", tmp_path) as (slots, shared):
-        assert [s.cpus for s in slots] == [(0,), (1,)]
+        assert [s.cpus for s in slots] == [(1,), (0,)]  # the free core first
         assert len(shared) == 1 and "sweep other" in shared[0] and "[0]" in shared[0]
 
 
@@ -69,7 +68,11 @@ def test_parse_devices_leaves_out_taken_cores_only_while_enough_remain(monkeypat
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     assert [s.cpus for s in parse_devices("cpu:2", taken={0, 1})] == [(2,), (3,)]
     assert [s.cpus for s in parse_devices("0,1", taken={0})] == [(1,), (2,)]
-    assert [s.cpus for s in parse_devices("cpu:2x2", taken={0})] == [(0, 1), (2, 3)]  # 3 free < 4 needed
+    assert [s.cpus for s in parse_devices("cpu:2x2", taken={0})] == [
+        (1, 2),
+        (3, 0),
+    ]  # 3 free < 4: shared last
+    assert [s.cpus for s in parse_devices("cpu:2x1", taken={0, 1, 2})] == [(3,), (0,)]
 
 
 def test_a_job_imports_the_sweeps_package_not_one_in_the_working_directory(tmp_path, monkeypatch):
@@ -88,4 +91,3 @@ def test_a_job_imports_the_sweeps_package_not_one_in_the_working_directory(tmp_p
     job_log = (results / "logs" / f"{planned.job.key}.log").read_text()
     assert outcome.status == "failed"
     assert "DECOY" not in job_log and "no_such_method" in job_log, job_log
-    assert Path(fsmis_bench.__file__).resolve().parents[1] != decoy.parent.parent
