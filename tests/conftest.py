@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Sweeps run by the tests lease their cores in a folder of their own, not beside the host's real sweeps.
+os.environ.setdefault("FSMIS_BENCH_LEASES", tempfile.mkdtemp(prefix="fsmis_bench_leases_"))
 
 REPO = Path(__file__).resolve().parents[1]
 CHAOS_DIR = Path(

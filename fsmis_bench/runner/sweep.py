@@ -79,7 +79,7 @@ def run_sweep(
     elif backend == "local":
         with leased_slots(devices, spec.name) as (slots, shared):
             for line in shared:
-                log.line("WARN", f"{line}: jobs will share them (start each sweep under its own taskset -c)")
+                log.line("WARN", f"{line}: jobs may share cores (start each sweep under its own taskset -c)")
             outcomes = run_local(planned, results_dir, log, slots, resume)
     else:
         outcomes = run_slurm(planned, results_dir, log, spec.name, spec.slurm)

@@ -91,3 +91,11 @@ def test_a_job_imports_the_sweeps_package_not_one_in_the_working_directory(tmp_p
     job_log = (results / "logs" / f"{planned.job.key}.log").read_text()
     assert outcome.status == "failed"
     assert "DECOY" not in job_log and "no_such_method" in job_log, job_log
+
+
+def test_an_unwritable_lease_folder_runs_the_sweep_unleased_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    (tmp_path / "a_file").write_text("")
+    with leased_slots("cpu:1x1", "mine", tmp_path / "a_file" / "leases") as (slots, shared):
+        assert [s.cpus for s in slots] == [(0,)]
+        assert len(shared) == 1 and shared[0].startswith("no core lease")
