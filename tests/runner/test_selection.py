@@ -117,11 +117,10 @@ def test_the_tail_averages_the_losses_of_the_last_steps_only():
 
     from fsmis_bench.runner.selection import TrainLossTail
 
-    tail = TrainLossTail(max_steps=10, tail=0.2)  # steps 9 and 10
-    for step in range(1, 11):  # global_step counts the optimizer steps done when a batch ends
-        tail.on_train_batch_end(
-            SimpleNamespace(global_step=step), None, {"loss": torch.tensor(float(step))}, None, 0
-        )
-    assert tail.losses == [9.0, 10.0] and tail.value == 9.5
-    with pytest.raises(ConfigError, match="max_steps"):
-        TrainLossTail(max_steps=None, tail=0.2)
+    tail = TrainLossTail(tail=0.2)  # steps 9 and 10
+    for step in range(1, 11):
+        outputs = {"loss": torch.tensor(float(step))}
+        tail.on_train_batch_end(SimpleNamespace(accumulate_grad_batches=1), None, outputs, None, 0)
+    assert tail.value == 9.5
+    with pytest.raises(ConfigError, match="no training loss"):
+        _ = TrainLossTail(tail=0.2).value
