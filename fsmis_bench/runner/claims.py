@@ -3,8 +3,9 @@
 Two local sweeps into one folder (each under its own ``taskset``, or on two machines sharing a filesystem) plan
 their jobs when they start and would otherwise both run every job neither had finished by then. Before a job
 starts, its sweep takes ``<results>/claims/<key>.json`` (host, pid and a token of the sweep) under the store's lock; a
-job that another live sweep has claimed is skipped, and under ``--resume`` so is a job that became ``ok`` with
-the same fingerprint after the plan was made. A claim is released when its job ends; the claim of a sweep that
+job that another live sweep has claimed is skipped, and so is a job that another sweep recorded ``ok`` with the
+same fingerprint after this one was planned (with ``--resume``, any job found ``ok`` then). Without the latter
+two sweeps started without ``--resume`` reran each other's finished jobs as soon as their claims were released. A claim is released when its job ends; the claim of a sweep that
 died on this host is taken over. A sweep cannot see whether another host's sweep is still alive: if one died,
 delete its claim files (the skip line names them).
 """
@@ -46,6 +47,7 @@ class JobClaims:
         self.resume = resume
         self.folder = store.root / CLAIMS_DIR
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "sweep": secrets.token_hex(4)}
+        self.planned = store.state()  # what the store held when this sweep planned its jobs
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
@@ -53,7 +55,8 @@ class JobClaims:
     def acquire(self, key: str, fingerprint: str) -> str | None:
         """Claim ``key`` and return None, or return why this sweep must skip it."""
         with self.store.lock:
-            if self.resume and self.store.state().get(key) == ("ok", fingerprint):
+            now = self.store.state().get(key)
+            if now == ("ok", fingerprint) and (self.resume or now != self.planned.get(key)):
                 return "already ok (recorded after this sweep was planned)"
             path = self.path(key)
             try:

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from fsmis_bench.runner.claims import JobClaims
 from fsmis_bench.runner.jobs import Job, PlannedJob
 from fsmis_bench.runner.local import parse_devices, run_local
@@ -57,7 +59,19 @@ def test_under_resume_a_job_recorded_ok_after_planning_is_skipped(tmp_path):
     assert JobClaims(store, resume=False).acquire("b", "h@c") is None
 
 
-def test_two_sweeps_over_the_same_jobs_run_each_job_once(tmp_path, monkeypatch):
+def test_without_resume_a_job_another_sweep_finished_after_planning_is_skipped(tmp_path):
+    """Two sweeps over one store started without --resume used to rerun each other's finished jobs once their
+    claims were released; a job already ok when the sweep was planned still runs again (a deliberate rerun)."""
+    store = ResultsStore(tmp_path)
+    store.record("old", [{"key": "old", "status": "ok", "organ": "liver", "dice": 0.5, "fingerprint": "h@c"}])
+    claims = JobClaims(store, resume=False)
+    store.record("new", [{"key": "new", "status": "ok", "organ": "liver", "dice": 0.5, "fingerprint": "h@c"}])
+    assert claims.acquire("new", "h@c").startswith("already ok")
+    assert claims.acquire("old", "h@c") is None
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_two_sweeps_over_the_same_jobs_run_each_job_once(tmp_path, monkeypatch, resume):
     """Two local sweeps planned at the same time over one store (the `taskset` set-up): every job runs once."""
     runs: list[str] = []
 
@@ -77,7 +91,7 @@ def test_two_sweeps_over_the_same_jobs_run_each_job_once(tmp_path, monkeypatch):
 
     def sweep(name: str) -> None:
         log = SweepLog(tmp_path / "logs" / f"sweep-{name}.log", total=len(planned))
-        outcomes[name] = run_local(planned, tmp_path, log, parse_devices("cpu:1"), resume=True)
+        outcomes[name] = run_local(planned, tmp_path, log, parse_devices("cpu:1"), resume=resume)
 
     threads = [threading.Thread(target=sweep, args=(name,)) for name in ("a", "b")]
     for thread in threads:
