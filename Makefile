@@ -39,7 +39,7 @@ test-slow: $(STAMP)
 
 ## Sweep results ($(RESULTS)/results.csv, see `fsmis-bench sweep`) -> $(LEADERBOARDS)/: CSV tables per
 ## (dataset, setting, shots), README.md with the Markdown tables, PNG plots; published numbers beside.
-## The committed CPU leaderboards: make leaderboard RESULTS="results/chaos_cpu results/chaos_cpu_prior results/cross_synthetic results/cross_synthetic_prior"
+## The committed CPU leaderboards: make leaderboard RESULTS="results/chaos_cpu results/chaos_cpu_prior results/chaos_cpu_prior_select results/cross_synthetic results/cross_synthetic_prior"
 RESULTS ?= results
 LEADERBOARDS ?= leaderboards
 leaderboard: $(STAMP)

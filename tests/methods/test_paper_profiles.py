@@ -22,7 +22,7 @@ from fsmis_bench.config import instantiate
 from fsmis_bench.methods.base import FewShotSegmenter
 from fsmis_bench.methods.prototype.resnet import DilatedResNet
 from fsmis_bench.methods.tiny_diffusers import TINY_UNET, TINY_VAE
-from fsmis_bench.runner import experiment
+from fsmis_bench.runner import fitting
 
 #: SD 1.5's model_index.json, as save_pretrained of its StableDiffusionPipeline writes it.
 MODEL_INDEX = {
@@ -149,7 +149,7 @@ def run_and_check_loaded(
         return model
 
     built: list[FewShotSegmenter] = []
-    monkeypatch.setattr(experiment, "instantiate", instantiate_and_check)
+    monkeypatch.setattr(fitting, "instantiate", instantiate_and_check)
     assert run_paper(tmp_path, data_root, cache, method, *sets) == 0
     run_dir = next((tmp_path / "runs").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
