@@ -38,6 +38,7 @@ from fsmis_bench.runner.determinism import (
     resolve_determinism,
 )
 from fsmis_bench.runner.progress import progress_options
+from fsmis_bench.support_control import MirroredSupportControl, support_control_of
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,11 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
         else load_yaml(profile_path(request.method, request.profile))
     )
     config = apply_overrides(base, request.overrides)
-    unknown = set(config) - {"model", "data", "trainer", "prior", "notes"}
+    unknown = set(config) - {"model", "data", "trainer", "prior", "evaluation", "notes"}
     if unknown:
-        raise ConfigError(f"unknown config section(s) {sorted(unknown)} (known: model, data, trainer, prior)")
+        raise ConfigError(
+            f"unknown config section(s) {sorted(unknown)} (known: model, data, trainer, prior, evaluation)"
+        )
     for section, allowed in (("data", PROFILE_DATA_KEYS), ("trainer", TRAINER_KEYS)):
         bad = set(config.get(section) or {}) - allowed
         if bad:
@@ -145,6 +148,7 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
             )
     requested_determinism(config.get("trainer") or {})
     matmul_precision(config.get("trainer") or {})
+    support_control_of(config)
     return config
 
 
@@ -232,6 +236,7 @@ def _train_and_test(
         raise ConfigError(f"{config['model']['class_path']} is not a FewShotSegmenter")
     trainer_config = config.get("trainer") or {}
     trainer_options = {k: v for k, v in trainer_config.items() if k not in RUN_ONLY_TRAINER_KEYS}
+    control = MirroredSupportControl() if support_control_of(config) == "mirror" else None
     logger = TensorBoardLogger(
         str(run_dir), name="tensorboard", version=group or "all", default_hp_metric=False
     )
@@ -244,7 +249,7 @@ def _train_and_test(
         deterministic=policy.deterministic,
         num_sanity_val_steps=0,
         inference_mode=not model.traits.test_time_training,
-        **progress_options(label),
+        **progress_options(label, extra_callbacks=[control] if control else []),
         **{"log_every_n_steps": loss_log_interval(trainer_options.get("max_steps")), **trainer_options},
     )
     policy.apply_env()
@@ -271,6 +276,8 @@ def _train_and_test(
     if method_info:
         info["method_info"] = method_info
     rows = [{"fold": request.fold, "group": group or "all", **r.as_row()} for r in model.case_results]
+    if control is not None:
+        control.annotate(rows)
     return rows, info
 
 

@@ -75,8 +75,10 @@ class ProgressLines(Callback):
             self._say(f"test {done}/{int(total)} cases (query volume x organ), {elapsed}")
 
 
-def progress_options(label: str) -> dict[str, Any]:
-    """Trainer arguments: the progress bar on a terminal, else the line callback."""
+def progress_options(label: str, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Trainer arguments: the progress bar on a terminal, else the line callback (after ``extra_callbacks``,
+    so that a progress line counts their work on a test case too)."""
+    extra = list(extra_callbacks or [])
     if interactive():
-        return {"enable_progress_bar": True, "callbacks": []}
-    return {"enable_progress_bar": False, "callbacks": [ProgressLines(label)]}
+        return {"enable_progress_bar": True, "callbacks": extra}
+    return {"enable_progress_bar": False, "callbacks": [*extra, ProgressLines(label)]}

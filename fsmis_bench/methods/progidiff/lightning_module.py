@@ -198,6 +198,10 @@ class ProGiDiff(FewShotSegmenter):
     def foreground_scores(self, batch: EpisodeBatch) -> Tensor:
         return vote_scores(self.proposal_scores(batch), self.proposals.aggregation)
 
+    def predict_masks(self, batch: EpisodeBatch) -> Tensor:
+        """The vote of the native-resolution proposals, as the test loop scores it."""
+        return vote_scores(self._native_proposals(batch), self.proposals.aggregation) > 0
+
     def _native_proposals(self, batch: EpisodeBatch) -> Tensor:
         scores = self.proposal_scores(batch).float()
         count, n = scores.shape[:2]
@@ -251,7 +255,7 @@ class ProGiDiff(FewShotSegmenter):
             controlnet.set_adapter(adapter)
             if self.adaptation.report_unadapted:
                 controlnet.disable_adapters()
-                unadapted = vote_scores(self._native_proposals(batch), self.proposals.aggregation) > 0
+                unadapted = self.predict_masks(batch)
                 before = dice(unadapted.cpu().numpy(), ref)
                 controlnet.enable_adapters()
         scores = self._native_proposals(batch)
