@@ -331,6 +331,12 @@ def execute_run(request: RunRequest) -> Path:
     started = time.perf_counter()
     try:
         model_cls_traits = _traits_of(config)
+        if model_cls_traits.test_time_training and support_control_of(config) != "none":
+            raise ConfigError(
+                f"evaluation.support_control: {request.method} fits weights on the support while testing, so a "
+                "control predicted with those weights would not test the support; compare its "
+                "dice_before_adaptation instead"
+            )
         data_cfg = config.get("data") or {}
         groups = (
             model_groups(

@@ -117,3 +117,11 @@ def test_a_run_with_the_control_records_it_beside_an_unchanged_main_number(tmp_p
     assert summary["secondary_metrics"][COLUMN]["mean"] == pytest.approx(
         cases.groupby("organ")[COLUMN].mean().mean(), abs=1e-6
     )
+
+
+def test_a_method_that_trains_on_the_support_at_test_time_is_refused(tmp_path, tiny_mri_root):
+    """ProGiDiff's adapters are fitted on the true support: a mirrored mask at prediction time tests nothing."""
+    args = ["run", "--method", "progidiff", "--fold", "0", "--data-root", str(tiny_mri_root), "--profile"]
+    args += ["smoke", "--output", str(tmp_path / "runs"), "--set", "evaluation.support_control=mirror"]
+    assert main(args) == 2
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
