@@ -99,6 +99,7 @@ def check_config(method: str, config: dict[str, Any]) -> None:
         return
     from fsmis_bench.datamodule import FewShotDataModule
     from fsmis_bench.runner.experiment import RUN_ONLY_TRAINER_KEYS
+    from fsmis_bench.runner.selection import selection_of
 
     check_signature(FewShotDataModule, dict(config.get("data") or {}), "data")
     trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k not in RUN_ONLY_TRAINER_KEYS}
@@ -109,5 +110,11 @@ def check_config(method: str, config: dict[str, Any]) -> None:
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"model.class_path {model.get('class_path')!r}: {_one_line(exc)}") from None
     check_signature(cls, dict(model.get("init_args") or {}), "model.init_args")
+    traits = getattr(cls, "traits", None)
+    selection = selection_of(config)
+    if selection is not None and not getattr(traits, "trainable", True):
+        raise ConfigError(f"selection: {method} trains nothing, so there is no training loss to choose by")
+    for value in selection.values if selection else ():
+        check_config(method, selection.config_for(config, value))
     check_builds(method, config)
     _PASSED.add((method, digest))

@@ -38,6 +38,7 @@ from fsmis_bench.runner.determinism import (
     resolve_determinism,
 )
 from fsmis_bench.runner.progress import progress_options
+from fsmis_bench.runner.selection import TrainLossTail, chosen, selection_of, selection_record
 from fsmis_bench.support_control import MirroredSupportControl, support_control_of
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
         else load_yaml(profile_path(request.method, request.profile))
     )
     config = apply_overrides(base, request.overrides)
-    unknown = set(config) - {"model", "data", "trainer", "prior", "evaluation", "notes"}
+    unknown = set(config) - {"model", "data", "trainer", "prior", "evaluation", "selection", "notes"}
     if unknown:
         raise ConfigError(
             f"unknown config section(s) {sorted(unknown)} (known: model, data, trainer, prior, evaluation)"
@@ -149,6 +150,7 @@ def resolve_config(request: RunRequest) -> dict[str, Any]:
     requested_determinism(config.get("trainer") or {})
     matmul_precision(config.get("trainer") or {})
     support_control_of(config)
+    selection_of(config)
     return config
 
 
@@ -201,23 +203,29 @@ def fingerprint_payload(request: RunRequest, config: dict[str, Any]) -> dict[str
     }
 
 
-def _train_and_test(
-    request: RunRequest, config: dict[str, Any], group: str | None, run_dir: Path, policy: DeterminismPolicy
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+@dataclass
+class FittedModel:
+    """One trained model with its trainer (tested next, or dropped by a selection)."""
+
+    model: FewShotSegmenter
+    trainer: L.Trainer
+    data: FewShotDataModule
+    info: dict[str, Any]
+    control: MirroredSupportControl | None
+    loss_tail: TrainLossTail | None
+
+
+def fit_once(
+    request: RunRequest,
+    config: dict[str, Any],
+    group: str | None,
+    run_dir: Path,
+    policy: DeterminismPolicy,
+    version: str,
+    tail: float | None = None,
+) -> FittedModel:
     L.seed_everything(request.seed, workers=True, verbose=False)
-    data = FewShotDataModule(
-        dataset=request.dataset,
-        data_root=request.data_root,
-        fold=request.fold,
-        setting=request.setting,
-        shots=request.shots,
-        group=group,
-        seed=request.seed,
-        cache_dir=request.cache_dir,
-        source_dataset=request.source_dataset,
-        source_data_root=request.source_data_root,
-        **(config.get("data") or {}),
-    )
+    data = FewShotDataModule(**request.task(), group=group, **(config.get("data") or {}))
     label = f"{request.method} fold {request.fold}" + (f" {group}" if group else "")
     prepared = time.perf_counter()
     data.setup()
@@ -237,9 +245,8 @@ def _train_and_test(
     trainer_config = config.get("trainer") or {}
     trainer_options = {k: v for k, v in trainer_config.items() if k not in RUN_ONLY_TRAINER_KEYS}
     control = MirroredSupportControl() if support_control_of(config) == "mirror" else None
-    logger = TensorBoardLogger(
-        str(run_dir), name="tensorboard", version=group or "all", default_hp_metric=False
-    )
+    loss_tail = TrainLossTail(trainer_options.get("max_steps"), tail) if tail else None
+    logger = TensorBoardLogger(str(run_dir), name="tensorboard", version=version, default_hp_metric=False)
     trainer = L.Trainer(
         accelerator=request.accelerator,
         devices=1,
@@ -249,7 +256,7 @@ def _train_and_test(
         deterministic=policy.deterministic,
         num_sanity_val_steps=0,
         inference_mode=not model.traits.test_time_training,
-        **progress_options(label, extra_callbacks=[control] if control else []),
+        **progress_options(label, extra_callbacks=[c for c in (control, loss_tail) if c]),
         **{"log_every_n_steps": loss_log_interval(trainer_options.get("max_steps")), **trainer_options},
     )
     policy.apply_env()
@@ -264,20 +271,55 @@ def _train_and_test(
         kept, total = data.kept_training_slices()
         info["training_slices_kept"], info["training_slices_total"] = kept, total
     info["train_seconds"] = round(time.perf_counter() - started, 2)
+    return FittedModel(model, trainer, data, info, control, loss_tail)
+
+
+def fit_model(
+    request: RunRequest, config: dict[str, Any], group: str | None, run_dir: Path, policy: DeterminismPolicy
+) -> FittedModel:
+    """The model of ``group``: trained once, or once per candidate of the config's selection (selection.py),
+    keeping the candidate of lowest training-loss tail."""
+    version = group or "all"
+    selection = selection_of(config)
+    if selection is None:
+        return fit_once(request, config, group, run_dir, policy, version)
+    fits, tails = [], []
+    for number, value in enumerate(selection.values):
+        candidate = fit_once(
+            request, selection.config_for(config, value), group, run_dir, policy, f"{version}-candidate{number}",
+            selection.tail,
+        )  # fmt: skip
+        fits.append(candidate)
+        tails.append(candidate.loss_tail.value)
+    best = fits[chosen(selection, tails)]
+    best.info["selection"] = selection_record(selection, tails, fits.index(best))
+    best.info["train_seconds"] = round(sum(f.info["train_seconds"] for f in fits), 2)
+    return best
+
+
+def _train_and_test(
+    request: RunRequest, config: dict[str, Any], group: str | None, run_dir: Path, policy: DeterminismPolicy
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    fitted = fit_model(request, config, group, run_dir, policy)
+    model, data, info = fitted.model, fitted.data, fitted.info
     tested = time.perf_counter()
-    trainer.test(model, datamodule=data, verbose=False)
+    fitted.trainer.test(model, datamodule=data, verbose=False)
     info["test_seconds"] = round(time.perf_counter() - tested, 2)
     info["skipped_cases"] = [
         {"scan_id": s, "organ": o, "reason": "organ absent from query"} for s, o in data.skipped
     ]
     info["protocol"] = data.describe()
-    info["deviations"] = model.deviations() + ([info["prior"]["tag"]] if "prior" in info else [])
+    info["deviations"] = (
+        model.deviations()
+        + ([info["prior"]["tag"]] if "prior" in info else [])
+        + ([selection_of(config).tag] if "selection" in info else [])
+    )
     method_info = model.run_info()
     if method_info:
         info["method_info"] = method_info
     rows = [{"fold": request.fold, "group": group or "all", **r.as_row()} for r in model.case_results]
-    if control is not None:
-        control.annotate(rows)
+    if fitted.control is not None:
+        fitted.control.annotate(rows)
     return rows, info
 
 
