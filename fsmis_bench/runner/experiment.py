@@ -225,7 +225,19 @@ def fit_once(
     tail: float | None = None,
 ) -> FittedModel:
     L.seed_everything(request.seed, workers=True, verbose=False)
-    data = FewShotDataModule(**request.task(), group=group, **(config.get("data") or {}))
+    data = FewShotDataModule(
+        dataset=request.dataset,
+        data_root=request.data_root,
+        fold=request.fold,
+        setting=request.setting,
+        shots=request.shots,
+        group=group,
+        seed=request.seed,
+        cache_dir=request.cache_dir,
+        source_dataset=request.source_dataset,
+        source_data_root=request.source_data_root,
+        **(config.get("data") or {}),
+    )
     label = f"{request.method} fold {request.fold}" + (f" {group}" if group else "")
     prepared = time.perf_counter()
     data.setup()
