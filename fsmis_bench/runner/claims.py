@@ -4,9 +4,9 @@ Two local sweeps into one folder (each under its own ``taskset``, or on two mach
 their jobs when they start and would otherwise both run every job neither had finished by then. Before a job
 starts, its sweep takes ``<results>/claims/<key>.json`` (host, pid and a token of the sweep) under the store's lock; a
 job that another live sweep has claimed is skipped, and so is a job that another sweep recorded ``ok`` with the
-same fingerprint after this one was planned (with ``--resume``, any job found ``ok`` then). Without the latter
-two sweeps started without ``--resume`` reran each other's finished jobs as soon as their claims were released. A claim is released when its job ends; the claim of a sweep that
-died on this host is taken over. A sweep cannot see whether another host's sweep is still alive: if one died,
+same fingerprint after this one was planned (with ``--resume``, any job found ``ok`` then; without that check,
+two sweeps started without ``--resume`` reran each other's finished jobs once their claims were released). A
+claim is released when its job ends; the claim of a sweep that died on this host is taken over. A sweep cannot see whether another host's sweep is still alive: if one died,
 delete its claim files (the skip line names them).
 """
 

@@ -136,10 +136,10 @@ def fit_model(
         )  # fmt: skip
         tails.append(candidate.loss_tail.value)
         seconds += candidate.info["train_seconds"]
-        if chosen(selection, tails) == number:
+        if chosen(tails) == number:
             best = candidate
         del candidate  # the others' models, optimizers and data go before the next candidate trains
         gc.collect()
     best.info["train_seconds"] = round(seconds, 2)  # every candidate's training
-    best.info["selection"] = selection_record(selection, tails, chosen(selection, tails))
+    best.info["selection"] = selection_record(selection, tails)
     return best

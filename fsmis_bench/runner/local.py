@@ -57,11 +57,14 @@ class Slot:
 #: ``sys.path``: a sweep of one checkout started from another checkout's folder (``PYTHONPATH=<worktree>``) ran the
 #: other checkout's code in its jobs. The program drops the working directory and puts the sweep's package root
 #: first unless it is already on the path (an installed wheel's site-packages, a PYTHONPATH entry).
-JOB_PROGRAM = (
-    "import runpy, sys; root = sys.argv.pop(1); sys.path[:] = [p for p in sys.path if p]; "
-    "sys.path.insert(0, root) if root not in sys.path else None; "
-    "runpy.run_module('fsmis_bench.runner.jobs', run_name='__main__', alter_sys=True)"
-)
+JOB_PROGRAM = """
+import runpy, sys
+root = sys.argv.pop(1)
+sys.path[:] = [path for path in sys.path if path]  # the working directory ('') out
+if root not in sys.path:
+    sys.path.insert(0, root)
+runpy.run_module("fsmis_bench.runner.jobs", run_name="__main__", alter_sys=True)
+"""
 
 
 def job_command(results: Path, job_json: str, slot: Slot) -> list[str]:

@@ -112,13 +112,13 @@ class TrainLossTail(L.Callback):
         return sum(kept) / len(kept)
 
 
-def chosen(selection: Selection, tails: list[float]) -> int:
+def chosen(tails: list[float]) -> int:
     """Index of the candidate with the lowest tail loss (the first on ties; NaN never wins)."""
     finite = [t if math.isfinite(t) else math.inf for t in tails]
     return finite.index(min(finite))
 
 
-def selection_record(selection: Selection, tails: list[float], index: int) -> dict[str, Any]:
+def selection_record(selection: Selection, tails: list[float]) -> dict[str, Any]:
     """What summary.json records of one model's choice."""
     return {
         "key": selection.key,
@@ -126,5 +126,5 @@ def selection_record(selection: Selection, tails: list[float], index: int) -> di
         "candidates": [
             {"value": v, "train_loss_tail": round(t, 6)} for v, t in zip(selection.values, tails, strict=True)
         ],
-        "chosen": selection.values[index],
+        "chosen": selection.values[chosen(tails)],
     }
